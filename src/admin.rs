@@ -1,0 +1,42 @@
+//! The admin listener: `/metrics` (Prometheus text) and `/healthz`. It is never the public
+//! listener; config validation refuses to share a port.
+
+use async_trait::async_trait;
+use http::{header, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{Encoder, TextEncoder};
+
+pub struct Admin;
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (status, ctype, body) = match session.req_header().uri.path() {
+            "/metrics" => {
+                let mut body = Vec::with_capacity(16 * 1024);
+                match TextEncoder::new().encode(&prometheus::gather(), &mut body) {
+                    Ok(()) => (StatusCode::OK, prometheus::TEXT_FORMAT, body),
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        e.to_string().into_bytes(),
+                    ),
+                }
+            }
+            "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                b"not found; try /metrics or /healthz\n".to_vec(),
+            ),
+        };
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, ctype)
+            .header(header::CONTENT_LENGTH, body.len())
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(body)
+            .unwrap()
+    }
+}

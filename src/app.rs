@@ -1,0 +1,55 @@
+//! Wiring: turns a validated [`Config`] into a Pingora [`Server`] with its services. Reads like
+//! a checklist; the details live in the modules it calls.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::conn::Counted;
+use crate::proxy::Proxy;
+use crate::route::Router;
+use crate::upstream::Group;
+use pingora::apps::http_app::HttpServer;
+use pingora::proxy::HttpProxy;
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+pub fn build(opt: Opt, config: Config) -> Server {
+    crate::metrics::init();
+    let Config {
+        pingora,
+        listen,
+        admin,
+        upstreams,
+        routes,
+    } = config;
+
+    let mut server = Server::new_with_opt_and_conf(opt, pingora);
+    // Takes over the listening sockets of a running instance when started with -u.
+    server.bootstrap();
+
+    let names: Vec<&String> = upstreams.keys().collect();
+    let groups: Vec<Group> = upstreams
+        .iter()
+        .map(|(name, u)| Group::new(&mut server, name, u))
+        .collect();
+    let router = Router::new(&routes, |n| {
+        names.iter().position(|k| *k == n).expect("validated")
+    });
+    let proxy = Proxy::new(router, groups);
+
+    let mut http = HttpProxy::new(proxy, server.configuration.clone());
+    http.handle_init_modules();
+    let mut public = Service::new("shellac proxy".into(), Counted(Arc::new(http)));
+    for addr in &listen {
+        public.add_tcp(&addr.to_string());
+        log::info!("listening on http://{addr}");
+    }
+    server.add_service(public);
+
+    let mut admin_svc = Service::new("shellac admin".into(), HttpServer::new_app(Admin));
+    admin_svc.add_tcp(&admin.listen.to_string());
+    log::info!("admin (metrics, healthz) on http://{}", admin.listen);
+    server.add_service(admin_svc);
+    server
+}

@@ -1,0 +1,457 @@
+//! The one YAML file Shellac runs from.
+//!
+//! Pipeline: YAML text → [`Config`] (serde, every struct `deny_unknown_fields`, scalars parsed
+//! straight into `SocketAddr`, `Duration`, byte counts and enums) → [`Config::validate`] (rules
+//! that span keys). Every error names its key path and how to fix it. Pingora's own `ServerConf`
+//! sits under `pingora:` and keeps Pingora's rules: it ignores unknown keys inside that section.
+
+mod values;
+
+pub use values::{parse_duration, parse_size, Cidr};
+
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Pingora's `ServerConf` (threads, pid_file, upgrade_sock, grace periods…), passed through.
+    #[serde(default = "default_pingora")]
+    pub pingora: ServerConf,
+    /// Public HTTP listeners.
+    #[serde(deserialize_with = "values::socket_addrs")]
+    pub listen: Vec<SocketAddr>,
+    pub admin: Admin,
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Evaluated in order; the first match wins.
+    pub routes: Vec<Route>,
+}
+
+fn default_pingora() -> ServerConf {
+    ServerConf::default()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `/metrics` and `/healthz` are served here and only here.
+    #[serde(deserialize_with = "values::socket_addr")]
+    pub listen: SocketAddr,
+    /// Clients allowed to send PURGE on the public listener, by their TCP peer address.
+    #[serde(default = "loopback", deserialize_with = "values::cidrs")]
+    pub purge_allow: Vec<Cidr>,
+}
+
+fn loopback() -> Vec<Cidr> {
+    vec![
+        Cidr::parse("127.0.0.1/32").unwrap(),
+        Cidr::parse("::1/128").unwrap(),
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub backends: Vec<Backend>,
+    #[serde(default)]
+    pub selection: Selection,
+    /// Omit for no active checks: backends then stay in rotation and failures are retried.
+    pub health_check: Option<HealthCheck>,
+    #[serde(default = "secs::<1>", deserialize_with = "values::duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait for each read from the backend (response header or body chunk).
+    #[serde(default = "secs::<30>", deserialize_with = "values::duration")]
+    pub read_timeout: Duration,
+    #[serde(default = "secs::<30>", deserialize_with = "values::duration")]
+    pub write_timeout: Duration,
+    /// How long an idle pooled connection to a backend is kept.
+    #[serde(default = "secs::<60>", deserialize_with = "values::duration")]
+    pub idle_timeout: Duration,
+    /// Other backends tried when connecting fails.
+    #[serde(default = "two")]
+    pub retries: u32,
+}
+
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+fn two() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    /// Either `"127.0.0.1:9001"` or `{addr: "127.0.0.1:9001", weight: 2}`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Long {
+            #[serde(deserialize_with = "values::socket_addr")]
+            addr: SocketAddr,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        fn one() -> u32 {
+            1
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Backend;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an IP:port string or a map {addr, weight}")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Backend, E> {
+                values::parse_socket_addr(s)
+                    .map(|addr| Backend { addr, weight: 1 })
+                    .map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Backend, A::Error> {
+                let l = Long::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(Backend {
+                    addr: l.addr,
+                    weight: l.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    #[default]
+    RoundRobin,
+    Random,
+    /// Ketama over host + path + query: one URL sticks to one backend while it is healthy.
+    Consistent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// Requested path for `kind: http`; any 2xx passes.
+    pub path: Option<String>,
+    /// Host header for `kind: http`.
+    #[serde(default = "localhost")]
+    pub host: String,
+    #[serde(default = "secs::<1>", deserialize_with = "values::duration")]
+    pub interval: Duration,
+    /// Per-check connect and read timeout.
+    #[serde(default = "secs::<1>", deserialize_with = "values::duration")]
+    pub timeout: Duration,
+    /// Consecutive failures that take a backend out of rotation.
+    #[serde(default = "two_usize")]
+    pub failures: usize,
+    /// Consecutive successes that bring it back.
+    #[serde(default = "two_usize")]
+    pub successes: usize,
+}
+
+fn localhost() -> String {
+    "localhost".into()
+}
+fn two_usize() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Metric label; defaults to host + path_prefix.
+    pub name: Option<String>,
+    /// `*` (any), an exact host, or `*.example.com` (any subdomain, not the bare domain).
+    #[serde(default = "star")]
+    pub host: String,
+    #[serde(default = "slash")]
+    pub path_prefix: String,
+    pub upstream: String,
+}
+
+fn star() -> String {
+    "*".into()
+}
+fn slash() -> String {
+    "/".into()
+}
+
+/// A config error: where it is and what to do about it.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        path: path.into(),
+        message: message.into(),
+    })
+}
+
+impl Config {
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).or_else(|e| err("", format!("cannot read: {e}")))?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).or_else(|e| {
+            // serde_yaml already prefixes the key path ("upstreams.app.backends[1]: …").
+            err("", e.to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rules that span keys, checked before anything is bound.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return err(
+                "listen",
+                "at least one listener is needed, e.g. [\"127.0.0.1:8080\"]",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, a) in self.listen.iter().enumerate() {
+            if !seen.insert(*a) {
+                return err(
+                    format!("listen[{i}]"),
+                    format!("{a} is listed twice; remove the duplicate"),
+                );
+            }
+        }
+        if seen.contains(&self.admin.listen) {
+            return err(
+                "admin.listen",
+                format!(
+                    "{} is also a public listener; metrics must not be public, pick another port",
+                    self.admin.listen
+                ),
+            );
+        }
+        if self.upstreams.is_empty() {
+            return err("upstreams", "define at least one upstream group");
+        }
+        for (name, u) in &self.upstreams {
+            let p = format!("upstreams.{name}");
+            if u.backends.is_empty() {
+                return err(
+                    format!("{p}.backends"),
+                    "the list is empty; add at least one IP:port",
+                );
+            }
+            if u.backends.len() > 65535 {
+                return err(format!("{p}.backends"), "at most 65535 backends per group");
+            }
+            let mut addrs = HashSet::new();
+            for (i, b) in u.backends.iter().enumerate() {
+                if !addrs.insert(b.addr) {
+                    return err(
+                        format!("{p}.backends[{i}]"),
+                        format!("{} is listed twice; give it a weight instead", b.addr),
+                    );
+                }
+                if b.weight > 1000 {
+                    return err(
+                        format!("{p}.backends[{i}].weight"),
+                        "weights above 1000 are not supported",
+                    );
+                }
+            }
+            if u.backends.iter().all(|b| b.weight == 0) {
+                return err(format!("{p}.backends"), "every weight is 0, so no backend could ever be chosen; give at least one a weight of 1 or more");
+            }
+            if u.connect_timeout.is_zero() || u.read_timeout.is_zero() || u.write_timeout.is_zero()
+            {
+                return err(p, "timeouts must be greater than 0");
+            }
+            if u.retries > 16 {
+                return err(format!("{p}.retries"), "at most 16");
+            }
+            if let Some(hc) = &u.health_check {
+                let hp = format!("{p}.health_check");
+                match (hc.kind, &hc.path) {
+                    (CheckKind::Tcp, Some(_)) => {
+                        return err(
+                            format!("{hp}.path"),
+                            "a tcp check has no path; remove it or use kind: http",
+                        )
+                    }
+                    (CheckKind::Http, Some(path)) if !path.starts_with('/') => {
+                        return err(format!("{hp}.path"), format!("{path:?} must start with /"))
+                    }
+                    _ => {}
+                }
+                if hc.interval < Duration::from_millis(100) {
+                    return err(format!("{hp}.interval"), "must be at least 100ms");
+                }
+                if hc.failures == 0 || hc.successes == 0 {
+                    return err(hp, "failures and successes must be at least 1");
+                }
+            }
+        }
+        if self.routes.is_empty() {
+            return err(
+                "routes",
+                "define at least one route, e.g. - {host: \"*\", path_prefix: /, upstream: app}",
+            );
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let p = format!("routes[{i}]");
+            if !self.upstreams.contains_key(&r.upstream) {
+                let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                return err(
+                    format!("{p}.upstream"),
+                    format!(
+                        "no upstream named {:?}; define it under upstreams or use one of {known:?}",
+                        r.upstream
+                    ),
+                );
+            }
+            if !r.path_prefix.starts_with('/') {
+                return err(
+                    format!("{p}.path_prefix"),
+                    format!("{:?} must start with /", r.path_prefix),
+                );
+            }
+            let host = r.host.strip_prefix("*.").unwrap_or(&r.host);
+            let valid = r.host == "*"
+                || (!host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+            if !valid {
+                return err(
+                    format!("{p}.host"),
+                    format!("{:?} is not a host pattern; use \"*\", \"example.com\" or \"*.example.com\" (no port)", r.host),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: ["127.0.0.1:8080"]
+admin: {listen: "127.0.0.1:9091"}
+upstreams:
+  app:
+    backends: ["127.0.0.1:9001", {addr: "127.0.0.1:9002", weight: 2}]
+    selection: consistent
+    health_check: {kind: http, path: /healthz, interval: 1s, failures: 2, successes: 2}
+    connect_timeout: 250ms
+routes:
+  - {host: "*", path_prefix: /, upstream: app}
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = Config::parse(GOOD).unwrap();
+        let app = &c.upstreams["app"];
+        assert_eq!(app.backends[1].weight, 2);
+        assert_eq!(app.selection, Selection::Consistent);
+        assert_eq!(app.connect_timeout, Duration::from_millis(250));
+        assert_eq!(app.read_timeout, Duration::from_secs(30));
+        assert_eq!(c.admin.purge_allow.len(), 2);
+    }
+
+    fn error_of(yaml: &str) -> String {
+        Config::parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_key_and_fix() {
+        let e = error_of(&GOOD.replace("127.0.0.1:9002", "10.0.0.300:80"));
+        assert!(
+            e.contains("upstreams.app.backends[1]") && e.contains("is not an IP:port"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("upstream: app}", "upstream: nope}"));
+        assert!(
+            e.contains("routes[0].upstream") && e.contains("no upstream named"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("connect_timeout: 250ms", "connect_timeout: 250"));
+        assert!(
+            e.contains("upstreams.app.connect_timeout") && e.contains("no unit"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("selection: consistent", "selection: fastest"));
+        assert!(
+            e.contains("upstreams.app.selection") && e.contains("round_robin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_rejected_at_every_level() {
+        let e = error_of(&format!("{GOOD}\nlisten_typo: 1\n"));
+        assert!(e.contains("unknown field `listen_typo`"), "{e}");
+        let e = error_of(&GOOD.replace("connect_timeout: 250ms", "conect_timeout: 250ms"));
+        assert!(
+            e.contains("upstreams.app") && e.contains("unknown field `conect_timeout`"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("failures: 2,", "failure: 2,"));
+        assert!(e.contains("unknown field `failure`"), "{e}");
+    }
+
+    #[test]
+    fn cross_key_rules() {
+        let e = error_of(&GOOD.replace(
+            "[\"127.0.0.1:9001\", {addr: \"127.0.0.1:9002\", weight: 2}]",
+            "[]",
+        ));
+        assert!(
+            e.contains("upstreams.app.backends") && e.contains("empty"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace(
+            "\"127.0.0.1:9001\", {addr: \"127.0.0.1:9002\", weight: 2}",
+            "{addr: \"127.0.0.1:9001\", weight: 0}",
+        ));
+        assert!(e.contains("every weight is 0"), "{e}");
+        let e = error_of(&GOOD.replace(
+            "listen: [\"127.0.0.1:8080\"]",
+            "listen: [\"127.0.0.1:8080\", \"127.0.0.1:8080\"]",
+        ));
+        assert!(e.contains("listen[1]") && e.contains("twice"), "{e}");
+        let e = error_of(&GOOD.replace("9091", "8080"));
+        assert!(e.contains("admin.listen"), "{e}");
+    }
+}

@@ -1,0 +1,108 @@
+//! Header rewriting between client and origin (RFC 9110 §7.6): hop-by-hop fields removed in both
+//! directions, `X-Forwarded-For`/`X-Forwarded-Proto` set by us, `Via` added.
+//!
+//! On the request side Pingora already strips the standard hop-by-hop fields and those named in
+//! `Connection` (its default `HttpUpstreamRequestPolicy`), and refuses nominations of Host or
+//! X-Forwarded-*; the response side is ours.
+
+use http::header::{self, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::Result;
+use std::net::IpAddr;
+
+pub const VIA: &str = "1.1 shellac";
+
+/// Fields that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+/// pre-standard `Keep-Alive`/`Proxy-Connection` that clients and origins still send.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+pub fn upstream_request(req: &mut RequestHeader, client: Option<IpAddr>) -> Result<()> {
+    if let Some(ip) = client {
+        // Append rather than replace: the chain is informational. Nothing in Shellac trusts it.
+        let value = match req.headers.get("x-forwarded-for") {
+            Some(prev) => {
+                let mut v = Vec::with_capacity(prev.len() + 48);
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip.to_string().as_bytes());
+                v
+            }
+            None => ip.to_string().into_bytes(),
+        };
+        req.insert_header("x-forwarded-for", value)?;
+    }
+    // Only the plain-HTTP listener exists; a client-supplied value must never reach the origin.
+    req.insert_header("x-forwarded-proto", "http")?;
+    req.append_header(header::VIA, VIA)?;
+    Ok(())
+}
+
+pub fn upstream_response(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 needs Connection/Upgrade to mean anything; Pingora only lets WebSocket through.
+        return;
+    }
+    let mut nominated: [Option<HeaderName>; 8] = Default::default();
+    let mut n = 0;
+    for v in resp.headers.get_all(header::CONNECTION) {
+        for token in v.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if n < nominated.len() && !token.is_empty() {
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    nominated[n] = Some(name);
+                    n += 1;
+                }
+            }
+        }
+    }
+    for name in nominated.into_iter().flatten() {
+        // Framing fields are Pingora's to manage; an origin cannot make us drop them.
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            resp.remove_header(&name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_hop_by_hop_and_nominated_fields_go() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("Connection", "close, X-Secret, content-length")
+            .unwrap();
+        r.insert_header("X-Secret", "1").unwrap();
+        r.insert_header("Keep-Alive", "timeout=5").unwrap();
+        r.insert_header("Content-Length", "3").unwrap();
+        r.insert_header("X-Kept", "yes").unwrap();
+        upstream_response(&mut r);
+        assert!(r.headers.get("connection").is_none());
+        assert!(r.headers.get("x-secret").is_none());
+        assert!(r.headers.get("keep-alive").is_none());
+        assert_eq!(r.headers["content-length"], "3");
+        assert_eq!(r.headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_proto_overwritten() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("X-Forwarded-For", "203.0.113.9").unwrap();
+        r.insert_header("X-Forwarded-Proto", "https").unwrap();
+        upstream_request(&mut r, Some("127.0.0.1".parse().unwrap())).unwrap();
+        assert_eq!(r.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(r.headers["x-forwarded-proto"], "http");
+        assert_eq!(r.headers["via"], VIA);
+    }
+}

@@ -1,0 +1,22 @@
+//! Shellac: a caching HTTP reverse proxy on Pingora.
+//!
+//! # Layout, along the request path
+//! - [`config`]: the YAML file, parsed into typed values and validated before anything binds.
+//! - [`app`]: wiring: builds the Pingora server, listeners, upstream groups and admin service.
+//! - [`conn`]: accept side: counts open client connections.
+//! - [`proxy`]: the `ProxyHttp` hooks; each is a few lines calling the module that owns it.
+//! - [`route`]: host and path prefix → upstream group.
+//! - [`upstream`]: backend selection, health checks, connection settings.
+//! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
+//! - [`admin`]: `/metrics` and `/healthz` on the admin listener.
+//! - [`metrics`]: every metric, declared in one place.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod conn;
+pub mod forward;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod upstream;

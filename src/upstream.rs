@@ -1,0 +1,219 @@
+//! Upstream groups: backend selection through pingora-load-balancing, active health checks run
+//! as background services, and the per-backend connection settings.
+
+use crate::config::{self, CheckKind, Selection};
+use crate::metrics;
+use async_trait::async_trait;
+use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{consistent::KetamaHashing, BackendIter, BackendSelection};
+use pingora::lb::selection::{Random, RoundRobin};
+use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
+use pingora::prelude::HttpPeer;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use prometheus::{Histogram, IntCounter};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How far selection walks the ring or weight table looking for a usable backend.
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Random(Arc<LoadBalancer<Random>>),
+    Consistent(Arc<LoadBalancer<KetamaHashing>>),
+}
+
+/// Metric handles resolved once at start-up so the request path does no label lookups.
+pub struct BackendStats {
+    pub addr: SocketAddr,
+    /// Indexed by status class: 1xx, 2xx, 3xx, 4xx, 5xx, error.
+    pub responses: [IntCounter; 6],
+    pub duration: Histogram,
+}
+
+impl BackendStats {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let i = match status {
+            100..=599 => (status / 100 - 1) as usize,
+            _ => 5,
+        };
+        self.responses[i].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+pub struct Group {
+    pub name: String,
+    balancer: Balancer,
+    pub consistent: bool,
+    pub retries: u32,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    stats: Vec<BackendStats>,
+}
+
+impl Group {
+    /// Builds the group and registers its health checks with the server.
+    pub fn new(server: &mut Server, name: &str, conf: &config::Upstream) -> Group {
+        let backends: BTreeSet<Backend> = conf
+            .backends
+            .iter()
+            .filter(|b| b.weight > 0)
+            .map(|b| Backend::new_with_weight(&b.addr.to_string(), b.weight as usize).unwrap())
+            .collect();
+        let balancer = match conf.selection {
+            Selection::RoundRobin => Balancer::RoundRobin(spawn(server, name, conf, &backends)),
+            Selection::Random => Balancer::Random(spawn(server, name, conf, &backends)),
+            Selection::Consistent => Balancer::Consistent(spawn(server, name, conf, &backends)),
+        };
+        let stats = conf
+            .backends
+            .iter()
+            .map(|b| {
+                let label = b.addr.to_string();
+                let l =
+                    |class| metrics::UPSTREAM_REQUESTS.with_label_values(&[name, &label, class]);
+                metrics::BACKEND_HEALTHY
+                    .with_label_values(&[name, &label])
+                    .set(1);
+                BackendStats {
+                    addr: b.addr,
+                    responses: [l("1xx"), l("2xx"), l("3xx"), l("4xx"), l("5xx"), l("error")],
+                    duration: metrics::UPSTREAM_DURATION.with_label_values(&[name, &label]),
+                }
+            })
+            .collect();
+        Group {
+            name: name.to_string(),
+            balancer,
+            consistent: conf.selection == Selection::Consistent,
+            retries: conf.retries,
+            connect_timeout: conf.connect_timeout,
+            read_timeout: conf.read_timeout,
+            write_timeout: conf.write_timeout,
+            idle_timeout: conf.idle_timeout,
+            stats,
+        }
+    }
+
+    /// The first healthy backend for `key` that `skip` does not exclude.
+    pub fn select(&self, key: &[u8], skip: impl Fn(&Backend) -> bool) -> Option<Backend> {
+        let accept = |b: &Backend, healthy: bool| healthy && !skip(b);
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        }
+    }
+
+    pub fn peer(&self, backend: &Backend) -> HttpPeer {
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.connect_timeout);
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.write_timeout);
+        o.idle_timeout = Some(self.idle_timeout);
+        peer
+    }
+
+    pub fn stats(&self, backend: &Backend) -> Option<&BackendStats> {
+        let addr = backend.addr.as_inet()?;
+        self.stats.iter().find(|s| s.addr == *addr)
+    }
+}
+
+/// Creates the load balancer and, when health checks are configured, the background service
+/// that runs them. Without the service checks never run and every backend stays "healthy".
+fn spawn<S>(
+    server: &mut Server,
+    name: &str,
+    conf: &config::Upstream,
+    backends: &BTreeSet<Backend>,
+) -> Arc<LoadBalancer<S>>
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+    S::Config: Send + Sync,
+{
+    let discovery = discovery::Static::new(backends.clone());
+    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(discovery));
+    // Static discovery: one update fills the selector; it never blocks or fails.
+    now_or_never(lb.update()).expect("static discovery cannot fail");
+    let Some(hc) = &conf.health_check else {
+        return Arc::new(lb);
+    };
+    lb.set_health_check(health_check(name, hc));
+    lb.health_check_frequency = Some(hc.interval);
+    lb.parallel_health_check = true;
+    let service = background_service(&format!("health checks for {name}"), lb);
+    let lb = service.task();
+    server.add_service(service);
+    lb
+}
+
+fn now_or_never<F: std::future::Future>(f: F) -> F::Output {
+    // The future is ready immediately (static discovery); poll it once without a runtime.
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("static discovery does not block"),
+    }
+}
+
+fn health_check(upstream: &str, hc: &config::HealthCheck) -> Box<dyn HealthCheck + Send + Sync> {
+    let observer = Box::new(HealthGauge(upstream.to_string()));
+    match hc.kind {
+        CheckKind::Tcp => {
+            let mut c = TcpHealthCheck::new();
+            c.consecutive_failure = hc.failures;
+            c.consecutive_success = hc.successes;
+            c.peer_template.options.connection_timeout = Some(hc.timeout);
+            c.health_changed_callback = Some(observer);
+            c
+        }
+        CheckKind::Http => {
+            let mut c = HttpHealthCheck::new(&hc.host, false);
+            c.consecutive_failure = hc.failures;
+            c.consecutive_success = hc.successes;
+            c.peer_template.options.connection_timeout = Some(hc.timeout);
+            c.peer_template.options.read_timeout = Some(hc.timeout);
+            let path = hc.path.as_deref().unwrap_or("/");
+            c.req.set_uri(path.parse().expect("validated path"));
+            c.validator = Some(Box::new(|resp| {
+                if resp.status.is_success() {
+                    Ok(())
+                } else {
+                    pingora::Error::e_explain(
+                        pingora::ErrorType::CustomCode("health check status", resp.status.as_u16()),
+                        "health check answered with a non-2xx status",
+                    )
+                }
+            }));
+            c.health_changed_callback = Some(observer);
+            Box::new(c)
+        }
+    }
+}
+
+struct HealthGauge(String);
+
+#[async_trait]
+impl HealthObserve for HealthGauge {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        let backend = target.addr.to_string();
+        log::warn!(
+            "upstream {} backend {backend} is now {}",
+            self.0,
+            if healthy { "healthy" } else { "unhealthy" }
+        );
+        metrics::BACKEND_HEALTHY
+            .with_label_values(&[&self.0, &backend])
+            .set(healthy as i64);
+    }
+}

@@ -1,0 +1,213 @@
+//! Test harness: the real `shellac` binary as a child process on ephemeral loopback ports, real
+//! origins ([`http::Origin`]) and raw clients. Each test gets its own process, so Prometheus
+//! counters start at zero and no state leaks between tests.
+
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shellac");
+
+/// A loopback port no other caller in this test process has been given.
+pub fn free_port() -> u16 {
+    static ISSUED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if ISSUED
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashSet::new)
+            .insert(port)
+        {
+            return port;
+        }
+    }
+}
+
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "shellac-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `backends: [...]` for the given origins.
+pub fn backends(origins: &[&http::Origin]) -> String {
+    let list: Vec<String> = origins.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// A config with one upstream group `app` over `origins` and one catch-all route.
+pub fn simple_config(origins: &[&http::Origin], upstream_extra: &str, route_extra: &str) -> String {
+    format!(
+        "upstreams:\n  app:\n    backends: {}\n{upstream_extra}\nroutes:\n  - {{host: \"*\", path_prefix: /, upstream: app{route_extra}}}\n",
+        backends(origins)
+    )
+}
+
+pub struct Shellac {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl Shellac {
+    /// Writes `body` (upstreams, routes, cache…) under a generated header with fresh ports and
+    /// starts the binary, waiting until both listeners answer. `{LISTEN}`/`{ADMIN}` in `body`
+    /// are replaced with the chosen addresses; `admin:` is added unless `body` has one.
+    pub async fn start(body: &str) -> Shellac {
+        let dir = temp_dir();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_path = dir.join("shellac.yaml");
+        std::fs::write(&config_path, Self::render(body, &dir, addr, admin)).unwrap();
+        let mut s = Shellac {
+            child: Self::spawn(&config_path, &dir, &[]),
+            addr,
+            admin,
+            dir,
+            config_path,
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    pub fn render(
+        body: &str,
+        dir: &std::path::Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+    ) -> String {
+        let mut yaml = format!(
+            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"{addr}\"]\n",
+            d = dir.display()
+        );
+        if !body.contains("admin:") {
+            yaml.push_str(&format!("admin: {{listen: \"{admin}\"}}\n"));
+        }
+        yaml.push_str(body);
+        yaml.replace("{LISTEN}", &addr.to_string())
+            .replace("{ADMIN}", &admin.to_string())
+    }
+
+    fn spawn(config: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("shellac.log"))
+            .unwrap();
+        Command::new(BIN)
+            .arg("-c")
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shellac")
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("shellac exited during start-up ({status}):\n{}", self.log());
+            }
+            let public = tokio::net::TcpStream::connect(self.addr).await.is_ok();
+            let admin = http::get(self.admin, "/healthz")
+                .await
+                .is_ok_and(|r| r.status == 200);
+            if public && admin {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shellac not ready after 20 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("shellac.log")).unwrap_or_default()
+    }
+
+    pub async fn get(&self, target: &str) -> http::Response {
+        http::get(self.addr, target)
+            .await
+            .expect("request through shellac")
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> http::Response {
+        http::request(self.addr, method, target, headers)
+            .await
+            .expect("request through shellac")
+    }
+
+    pub async fn metrics(&self) -> String {
+        http::get(self.admin, "/metrics")
+            .await
+            .expect("scrape")
+            .text()
+    }
+
+    /// Sum of every sample whose series starts with `prefix` (name, optionally `{labels`).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Shellac {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- shellac log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Runs `shellac` with `args` to completion and returns (exit code, stdout + stderr).
+pub fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shellac");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
