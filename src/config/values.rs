@@ -2,7 +2,8 @@
 //! (`512KiB`, `256MiB`), `IP:port` addresses and CIDR blocks. Each parser names what it expected,
 //! so that serde_yaml can prefix the key path and the operator sees key, value and fix together.
 
-use serde::de::{Deserialize, Deserializer, Error};
+use serde::de::{Deserialize, Deserializer, Error, Visitor};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -107,31 +108,44 @@ impl Cidr {
     }
 }
 
-fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    String::deserialize(d)
+/// Runs a string parser inside serde's visitor, so serde_yaml reports the exact key path
+/// (`upstreams.app.connect_timeout`) rather than the enclosing map. Numbers are handed to the
+/// parser as text: `timeout: 50` gets "has no unit", `size: 4096` parses as bytes.
+struct Parse<T>(fn(&str) -> Result<T, String>, &'static str);
+
+impl<'de, T> Visitor<'de> for Parse<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.1)
+    }
+    fn visit_str<E: Error>(self, s: &str) -> Result<T, E> {
+        (self.0)(s).map_err(E::custom)
+    }
+    fn visit_u64<E: Error>(self, n: u64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+    fn visit_i64<E: Error>(self, n: i64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+    fn visit_f64<E: Error>(self, n: f64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
 }
 
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    parse_duration(&string(d)?).map_err(D::Error::custom)
+    d.deserialize_any(Parse(parse_duration, "a duration like 50ms, 1s or 5m"))
 }
 
-#[allow(dead_code)] // used by the cache section
+#[allow(dead_code)] // read by the cache section (issue 3)
 pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    // Accept a YAML integer as plain bytes as well as a string with a unit.
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        N(u64),
-        S(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::N(n) => Ok(n),
-        Raw::S(s) => parse_size(&s).map_err(D::Error::custom),
-    }
+    d.deserialize_any(Parse(parse_size, "a size like 512KiB or 256MiB"))
 }
 
 pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    parse_socket_addr(&string(d)?).map_err(D::Error::custom)
+    d.deserialize_any(Parse(
+        parse_socket_addr,
+        "an IP:port such as 127.0.0.1:8080",
+    ))
 }
 
 /// A list of addresses, each parsed by [`socket_addr`] so the error names the index.
@@ -143,7 +157,8 @@ pub fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
     struct C(Cidr);
     impl<'de> Deserialize<'de> for C {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            Cidr::parse(&string(d)?).map(C).map_err(D::Error::custom)
+            d.deserialize_any(Parse(Cidr::parse, "a CIDR block like 10.0.0.0/8"))
+                .map(C)
         }
     }
     Vec::<C>::deserialize(d).map(|v| v.into_iter().map(|c| c.0).collect())

@@ -179,15 +179,28 @@ impl Shellac {
             .text()
     }
 
-    /// Sum of every sample whose series starts with `prefix` (name, optionally `{labels`).
-    pub async fn metric(&self, prefix: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    /// Sum of the samples of metric `name` whose labels include every pair in `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        sum_metric(&self.metrics().await, name, labels)
     }
+}
+
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let set = rest.trim_end_matches('}');
+            let ok = labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 impl Drop for Shellac {

@@ -1,0 +1,240 @@
+//! Upstream selection and health: spread, weights, Ketama stability, dead backends, checks.
+
+mod common;
+
+use common::http::{Origin, Reply};
+use common::{backends, Shellac};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn named(name: &'static str) -> impl Fn(&common::http::Request) -> Reply {
+    move |_| Reply::ok(name)
+}
+
+fn group(list: &str, extra: &str) -> String {
+    format!("upstreams:\n  app:\n    backends: {list}\n{extra}\nroutes:\n  - {{upstream: app}}\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_robin_spreads_evenly() {
+    let a = Origin::start(named("a")).await;
+    let b = Origin::start(named("b")).await;
+    let shellac = Shellac::start(&group(&backends(&[&a, &b]), "    selection: round_robin")).await;
+    for i in 0..100 {
+        assert_eq!(shellac.get(&format!("/{i}")).await.status, 200);
+    }
+    assert_eq!(a.count() + b.count(), 100);
+    assert!(
+        a.count().abs_diff(50) <= 1,
+        "a={} b={}",
+        a.count(),
+        b.count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weights_shape_the_spread() {
+    let a = Origin::start(named("a")).await;
+    let b = Origin::start(named("b")).await;
+    let list = format!(
+        "[{{addr: \"{}\", weight: 1}}, {{addr: \"{}\", weight: 3}}]",
+        a.addr, b.addr
+    );
+    let shellac = Shellac::start(&group(&list, "")).await;
+    for i in 0..200 {
+        shellac.get(&format!("/{i}")).await;
+    }
+    assert!(
+        a.count().abs_diff(50) <= 2,
+        "weight 1 of 4 got {} of 200",
+        a.count()
+    );
+    assert!(
+        b.count().abs_diff(150) <= 2,
+        "weight 3 of 4 got {} of 200",
+        b.count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_uses_every_backend() {
+    let a = Origin::start(named("a")).await;
+    let b = Origin::start(named("b")).await;
+    let shellac = Shellac::start(&group(&backends(&[&a, &b]), "    selection: random")).await;
+    for i in 0..200 {
+        shellac.get(&format!("/{i}")).await;
+    }
+    // Binomial(200, 0.5): below 60 has probability < 1e-8.
+    assert!(
+        a.count() > 60 && b.count() > 60,
+        "a={} b={}",
+        a.count(),
+        b.count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consistent_hashing_keeps_each_url_on_one_backend() {
+    let a = Origin::start(named("a")).await;
+    let b = Origin::start(named("b")).await;
+    let c = Origin::start(named("c")).await;
+    let shellac = Shellac::start(&group(
+        &backends(&[&a, &b, &c]),
+        "    selection: consistent",
+    ))
+    .await;
+    let mut first = Vec::new();
+    for i in 0..60 {
+        first.push(shellac.get(&format!("/item/{i}?v=1")).await.text());
+    }
+    for round in 0..2 {
+        for (i, was) in first.iter().enumerate() {
+            let again = shellac.get(&format!("/item/{i}?v=1")).await.text();
+            assert_eq!(&again, was, "round {round}: /item/{i} moved");
+        }
+    }
+    for name in ["a", "b", "c"] {
+        let n = first.iter().filter(|x| *x == name).count();
+        assert!(n >= 5, "backend {name} got only {n} of 60 URLs");
+    }
+    // The host is part of the key too: the same path on many hosts spreads out.
+    let mut hosts = std::collections::HashSet::new();
+    for i in 0..30 {
+        let host = format!("h{i}.test");
+        hosts.insert(
+            shellac
+                .request("GET", "/same", &[("Host", &host)])
+                .await
+                .text(),
+        );
+    }
+    assert!(hosts.len() > 1, "host is not part of the Ketama key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_backend_causes_no_client_error() {
+    let a = Origin::start(named("a")).await;
+    let b = Origin::start(named("b")).await;
+    // No health check: only the connect retry protects clients.
+    let shellac = Shellac::start(&group(&backends(&[&a, &b]), "    retries: 2")).await;
+    assert_eq!(shellac.get("/warm").await.status, 200);
+    b.kill();
+    for i in 0..50 {
+        let r = shellac.get(&format!("/{i}")).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "a"), "request {i}");
+    }
+    let ok = shellac
+        .metric(
+            "shellac_upstream_requests_total",
+            &[("upstream", "app"), ("status_class", "2xx")],
+        )
+        .await;
+    assert!(ok >= 51.0, "{ok}");
+    let b_addr = b.addr.to_string();
+    let errors = shellac
+        .metric(
+            "shellac_upstream_requests_total",
+            &[("backend", &b_addr), ("status_class", "error")],
+        )
+        .await;
+    assert!(errors >= 1.0, "refused connects are counted per backend");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_take_a_backend_out_and_bring_it_back() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let a = Origin::start(named("a")).await;
+    let b = Origin::start(move |req| {
+        if req.path() == "/healthz" && !h.load(Ordering::SeqCst) {
+            Reply::new(503, "down")
+        } else {
+            Reply::ok("b")
+        }
+    })
+    .await;
+    let check = "    health_check: {kind: http, path: /healthz, interval: 500ms, failures: 2, successes: 2}";
+    let shellac = Shellac::start(&group(&backends(&[&a, &b]), check)).await;
+    let b_addr = b.addr.to_string();
+    let labels = [("upstream", "app"), ("backend", b_addr.as_str())];
+    let gauge = || shellac.metric("shellac_backend_healthy", &labels);
+    assert_eq!(gauge().await, 1.0);
+
+    // Bound from the issue: interval × failures plus a second = 2 s.
+    healthy.store(false, Ordering::SeqCst);
+    let t = Instant::now();
+    while gauge().await != 0.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "still in rotation after {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = b.count_path("/x");
+    for _ in 0..20 {
+        assert_eq!(shellac.get("/x").await.text(), "a");
+    }
+    assert_eq!(
+        b.count_path("/x"),
+        before,
+        "an unhealthy backend got traffic"
+    );
+
+    healthy.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    while gauge().await != 1.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "not back after {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        shellac.get("/x").await;
+    }
+    assert!(
+        b.count_path("/x") > before,
+        "a recovered backend gets traffic again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_backends_down_gives_502_within_the_connect_timeout() {
+    let a = Origin::start(named("a")).await;
+    let b = Origin::start(named("b")).await;
+    let shellac = Shellac::start(&group(&backends(&[&a, &b]), "    connect_timeout: 1s")).await;
+    a.kill();
+    b.kill();
+    let t = Instant::now();
+    let r = shellac.get("/").await;
+    assert_eq!(r.status, 502);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    // With health checks that have marked everything down: answered at once.
+    let c = Origin::start(named("c")).await;
+    let check = "    health_check: {kind: tcp, interval: 200ms, failures: 1, successes: 1}";
+    let shellac = Shellac::start(&group(&backends(&[&c]), check)).await;
+    c.kill();
+    let c_addr = c.addr.to_string();
+    let labels = [("backend", c_addr.as_str())];
+    let gauge = || shellac.metric("shellac_backend_healthy", &labels);
+    let t = Instant::now();
+    while gauge().await != 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    assert_eq!(shellac.get("/").await.status, 502);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        t.elapsed()
+    );
+}
