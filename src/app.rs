@@ -22,6 +22,7 @@ pub fn build(opt: Opt, config: Config) -> Server {
         admin,
         upstreams,
         routes,
+        cache,
     } = config;
 
     let mut server = Server::new_with_opt_and_conf(opt, pingora);
@@ -36,7 +37,8 @@ pub fn build(opt: Opt, config: Config) -> Server {
     let router = Router::new(&routes, |n| {
         names.iter().position(|k| *k == n).expect("validated")
     });
-    let proxy = Proxy::new(router, groups);
+    let cache = crate::cache::Cache::new(&cache, admin.purge_allow.clone());
+    let proxy = Proxy::new(router, groups, cache);
 
     let mut http = HttpProxy::new(proxy, server.configuration.clone());
     http.handle_init_modules();

@@ -7,12 +7,14 @@
 //! - [`proxy`]: the `ProxyHttp` hooks; each is a few lines calling the module that owns it.
 //! - [`route`]: host and path prefix → upstream group.
 //! - [`upstream`]: backend selection, health checks, connection settings.
+//! - [`cache`]: RFC 9111 policy, cache keys, the memory store, Cache-Status and purge.
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
 //! - [`admin`]: `/metrics` and `/healthz` on the admin listener.
 //! - [`metrics`]: every metric, declared in one place.
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod forward;

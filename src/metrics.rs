@@ -3,8 +3,9 @@
 //! cardinality is fixed by the config, never by traffic.
 
 use prometheus::{
-    exponential_buckets, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    exponential_buckets, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -88,4 +89,72 @@ pub fn init() {
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&BACKEND_HEALTHY);
     LazyLock::force(&OPEN_CONNECTIONS);
+    LazyLock::force(&CACHE_LOOKUPS);
+    LazyLock::force(&CACHE_SERVED_BYTES);
+    LazyLock::force(&CACHE_MEMORY_USED);
+    LazyLock::force(&CACHE_MEMORY_LIMIT);
+    LazyLock::force(&CACHE_EVICTIONS);
+    LazyLock::force(&CACHE_NOT_STORED);
+    LazyLock::force(&CACHE_PURGES);
 }
+
+// --- cache ---------------------------------------------------------------------------------
+
+pub static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_lookups_total",
+        "Requests on caching routes by outcome: hit, coalesced (hit after waiting for another request's fetch), stale (served stale), revalidated (304 from origin), miss, pass (not looked up)",
+        &["result"]
+    )
+    .unwrap()
+});
+
+pub static CACHE_SERVED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "shellac_cache_served_bytes_total",
+        "Body bytes sent to clients from the cache"
+    )
+    .unwrap()
+});
+
+pub static CACHE_MEMORY_USED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "shellac_cache_memory_bytes",
+        "Bytes held by the memory store (bodies, headers and per-entry overhead)"
+    )
+    .unwrap()
+});
+
+pub static CACHE_MEMORY_LIMIT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "shellac_cache_memory_limit_bytes",
+        "Configured size of the memory store (cache.memory.size)"
+    )
+    .unwrap()
+});
+
+pub static CACHE_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "shellac_cache_evictions_total",
+        "Entries evicted from the memory store to stay within its size"
+    )
+    .unwrap()
+});
+
+pub static CACHE_NOT_STORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_not_stored_total",
+        "Responses on caching routes that were not stored, by reason (RFC 9111 rule or limit)",
+        &["reason"]
+    )
+    .unwrap()
+});
+
+pub static CACHE_PURGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_purges_total",
+        "PURGE requests and unsafe-method invalidations, by result (purged, not_found, forbidden, invalidated)",
+        &["result"]
+    )
+    .unwrap()
+});

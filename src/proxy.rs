@@ -1,11 +1,15 @@
 //! The `ProxyHttp` implementation. Each hook is a few lines that call the module owning the
 //! concern; per-request facts live in [`Ctx`].
 
+use crate::cache::{Cache, CacheCtx};
 use crate::forward;
 use crate::metrics;
 use crate::route::{self, Router};
 use crate::upstream::Group;
 use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::lb::Backend;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -19,6 +23,7 @@ pub struct Proxy {
     groups: Vec<Group>,
     /// One per route, then one for requests no route matched.
     route_stats: Vec<RouteStats>,
+    cache: Cache,
 }
 
 struct RouteStats {
@@ -47,10 +52,11 @@ pub struct Ctx {
     failed: Vec<SocketAddr>,
     attempts: u32,
     upstream_status: u16,
+    cache: CacheCtx,
 }
 
 impl Proxy {
-    pub fn new(router: Router, groups: Vec<Group>) -> Proxy {
+    pub fn new(router: Router, groups: Vec<Group>, cache: Cache) -> Proxy {
         let mut route_stats: Vec<RouteStats> =
             router.iter().map(|r| RouteStats::new(&r.name)).collect();
         route_stats.push(RouteStats::new("none"));
@@ -58,7 +64,15 @@ impl Proxy {
             router,
             groups,
             route_stats,
+            cache,
         }
+    }
+
+    fn route(&self, ctx: &Ctx) -> &crate::route::Route {
+        self.router.get(
+            ctx.route
+                .expect("cache and upstream phases run only after a route matched"),
+        )
     }
 
     fn group(&self, ctx: &Ctx) -> &Group {
@@ -85,6 +99,7 @@ impl ProxyHttp for Proxy {
             failed: Vec::new(),
             attempts: 0,
             upstream_status: 0,
+            cache: CacheCtx::default(),
         }
     }
 
@@ -95,7 +110,63 @@ impl ProxyHttp for Proxy {
             session.respond_error(404).await?;
             return Ok(true);
         }
+        if session.req_header().method.as_str() == "PURGE" {
+            self.cache.purge(session).await?;
+            return Ok(true);
+        }
         Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let route = self.route(ctx);
+        self.cache.enable(session, route, &mut ctx.cache);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, _ctx: &mut Ctx) -> Result<CacheKey> {
+        Ok(self.cache.key(session))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        self.cache.vary(meta, req)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(self.cache.on_hit(session, meta, &mut ctx.cache))
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        self.cache.before_upstream(session, &mut ctx.cache).await
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(self.cache.decide(session, resp, &mut ctx.cache))
+    }
+
+    fn should_serve_stale(&self, _s: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        // The stored windows (stale-while-revalidate, stale-if-error, route defaults; zero under
+        // must-revalidate and friends) decide; here only which failures count: the origin's.
+        error.is_none_or(|e| {
+            e.esource() == &pingora::ErrorSource::Upstream
+                || matches!(e.etype(), ErrorType::HTTPStatus(500..=599))
+        })
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -151,8 +222,9 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        self.cache.request_sent(&mut ctx.cache);
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -162,23 +234,44 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_response_filter(
         &self,
-        _s: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_status = resp.status.as_u16();
         forward::upstream_response(resp);
+        let route = self.route(ctx);
+        self.cache
+            .upstream_response(session, resp, &mut ctx.cache, route)
+            .await;
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _s: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        self.cache
+            .respond(session, resp, &mut ctx.cache, ctx.upstream_status)?;
         resp.append_header(http::header::VIA, forward::VIA)?;
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.cache.from_cache {
+            if let Some(b) = body {
+                crate::metrics::CACHE_SERVED_BYTES.inc_by(b.len() as u64);
+            }
+        }
+        Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

@@ -9,6 +9,8 @@ pub struct Route {
     path_prefix: String,
     /// Index into the proxy's upstream groups.
     pub upstream: usize,
+    pub cache: bool,
+    pub stale: crate::cache::policy::StaleDefaults,
 }
 
 enum HostPattern {
@@ -56,6 +58,12 @@ impl Router {
                     host,
                     path_prefix: r.path_prefix.clone(),
                     upstream: upstream_index(&r.upstream),
+                    cache: r.cache,
+                    stale: crate::cache::policy::StaleDefaults {
+                        while_revalidate: r.stale_while_revalidate.as_secs().min(u32::MAX as u64)
+                            as u32,
+                        if_error: r.stale_if_error.as_secs().min(u32::MAX as u64) as u32,
+                    },
                 }
             })
             .collect();
@@ -81,15 +89,20 @@ impl Router {
 /// The host a request names, without port: the absolute-form authority if present (RFC 9112
 /// §3.2.2 says it wins over Host), else the Host header.
 pub fn request_host(req: &pingora::http::RequestHeader) -> &str {
-    let raw = match req.uri.authority() {
-        Some(a) => a.host(),
+    strip_port(request_authority(req))
+}
+
+/// The authority a request names (host and optional port), by the same rule.
+pub fn request_authority(req: &pingora::http::RequestHeader) -> &str {
+    match req.uri.authority() {
+        // Userinfo is never part of the host; Pingora refuses to forward it anyway.
+        Some(a) => a.as_str().rsplit('@').next().unwrap_or(""),
         None => req
             .headers
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
-    };
-    strip_port(raw)
+    }
 }
 
 fn strip_port(host: &str) -> &str {

@@ -29,6 +29,64 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Evaluated in order; the first match wins.
     pub routes: Vec<Route>,
+    #[serde(default)]
+    pub cache: Cache,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    #[serde(default)]
+    pub memory: Memory,
+    /// How long requests for an object being fetched wait for that fetch before going to the
+    /// origin themselves.
+    #[serde(default = "secs::<5>", deserialize_with = "values::duration")]
+    pub lock_timeout: Duration,
+    /// RFC 9111 §4.2.2: freshness = this fraction of (Date − Last-Modified); 0 disables.
+    #[serde(default = "tenth")]
+    pub heuristic_fraction: f64,
+    /// Upper bound on heuristic freshness.
+    #[serde(default = "secs::<86400>", deserialize_with = "values::duration")]
+    pub heuristic_max: Duration,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            memory: Memory::default(),
+            lock_timeout: secs::<5>(),
+            heuristic_fraction: tenth(),
+            heuristic_max: secs::<86400>(),
+        }
+    }
+}
+
+fn tenth() -> f64 {
+    0.1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    /// Bytes the store may hold: bodies, headers and per-entry metadata.
+    #[serde(default = "mib::<256>", deserialize_with = "values::size")]
+    pub size: u64,
+    /// Larger responses are streamed through and not stored.
+    #[serde(default = "mib::<16>", deserialize_with = "values::size")]
+    pub max_object: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            size: mib::<256>(),
+            max_object: mib::<16>(),
+        }
+    }
+}
+
+fn mib<const N: u64>() -> u64 {
+    N << 20
 }
 
 fn default_pingora() -> ServerConf {
@@ -183,6 +241,15 @@ pub struct Route {
     #[serde(default = "slash")]
     pub path_prefix: String,
     pub upstream: String,
+    /// Answer from the cache where HTTP allows it.
+    #[serde(default)]
+    pub cache: bool,
+    /// Stale windows for responses that name none (RFC 5861); `must-revalidate` and friends
+    /// still forbid serving stale.
+    #[serde(default, deserialize_with = "values::duration")]
+    pub stale_while_revalidate: Duration,
+    #[serde(default, deserialize_with = "values::duration")]
+    pub stale_if_error: Duration,
 }
 
 fn star() -> String {
@@ -320,6 +387,19 @@ impl Config {
                     return err(hp, "failures and successes must be at least 1");
                 }
             }
+        }
+        let c = &self.cache;
+        if c.memory.max_object > c.memory.size {
+            return err("cache.memory.max_object", format!("{} bytes is larger than cache.memory.size ({} bytes); lower it or raise the size", c.memory.max_object, c.memory.size));
+        }
+        if !(0.0..=1.0).contains(&c.heuristic_fraction) {
+            return err(
+                "cache.heuristic_fraction",
+                "must be between 0 (off) and 1; RFC 9111 suggests 0.1",
+            );
+        }
+        if c.lock_timeout.is_zero() {
+            return err("cache.lock_timeout", "must be greater than 0");
         }
         if self.routes.is_empty() {
             return err(

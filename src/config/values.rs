@@ -136,7 +136,6 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_any(Parse(parse_duration, "a duration like 50ms, 1s or 5m"))
 }
 
-#[allow(dead_code)] // read by the cache section (issue 3)
 pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     d.deserialize_any(Parse(parse_size, "a size like 512KiB or 256MiB"))
 }

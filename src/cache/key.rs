@@ -1,0 +1,116 @@
+//! The cache key: scheme, normalized host and the path and query exactly as received.
+//!
+//! Host normalization (documented in the README): lower case, a trailing dot dropped, the
+//! default port (80) dropped. The path is never decoded or rewritten, so the key path is
+//! byte-identical to the path forwarded to the origin, and two spellings an origin might treat
+//! as one (`%2F` vs `/`) stay two entries rather than one entry some other URL can poison.
+
+use pingora::cache::CacheKey;
+use pingora::http::RequestHeader;
+
+/// The cache key for a request; variants (Vary) are added later by Pingora.
+pub fn for_request(req: &RequestHeader) -> CacheKey {
+    build(crate::route::request_authority(req), path_and_query(req))
+}
+
+/// The key for `path_and_query` on `authority` (a Host value, possibly with port).
+pub fn build(authority: &str, path_and_query: &[u8]) -> CacheKey {
+    let (host, port) = split_port(authority);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    // Length-prefixed fields: no two different (host, path) pairs frame to the same bytes.
+    let mut primary = Vec::with_capacity(16 + host.len() + path_and_query.len());
+    for part in [
+        b"http".as_slice(),
+        host.as_bytes(),
+        port.as_bytes(),
+        path_and_query,
+    ] {
+        primary.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        primary.extend_from_slice(part);
+    }
+    // Host sits after the scheme field (4 + 4 bytes) and its own length prefix (4 bytes).
+    primary[12..12 + host.len()].make_ascii_lowercase();
+    CacheKey::new(primary, "")
+}
+
+fn split_port(authority: &str) -> (&str, &str) {
+    let (host, port) = if authority.starts_with('[') {
+        // An IPv6 literal: the port, if any, follows the closing bracket.
+        match authority.find(']') {
+            Some(i) => (
+                &authority[..=i],
+                authority[i + 1..].strip_prefix(':').unwrap_or(""),
+            ),
+            None => (authority, ""),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
+            _ => (authority, ""),
+        }
+    };
+    (host, if port == "80" { "" } else { port })
+}
+
+/// The request target's path and query as received: origin-form as is, absolute-form from the
+/// first `/` after the authority (RFC 9112 §3.2.2), `*` as is.
+pub fn path_and_query(req: &RequestHeader) -> &[u8] {
+    let raw = req.raw_path();
+    if raw.first() == Some(&b'/') || raw == b"*" {
+        return raw;
+    }
+    let after_scheme = raw
+        .windows(3)
+        .position(|w| w == b"://")
+        .map_or(0, |i| i + 3);
+    match raw[after_scheme..]
+        .iter()
+        .position(|b| *b == b'/' || *b == b'?')
+    {
+        Some(i) if raw[after_scheme + i] == b'/' => &raw[after_scheme + i..],
+        Some(_) | None => b"/",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::key::CacheHashKey;
+
+    fn k(authority: &str, path: &str) -> String {
+        build(authority, path.as_bytes()).primary()
+    }
+
+    #[test]
+    fn host_spellings_that_mean_the_same_share_a_key() {
+        assert_eq!(k("Example.COM", "/a"), k("example.com", "/a"));
+        assert_eq!(k("example.com:80", "/a"), k("example.com", "/a"));
+        assert_eq!(k("example.com.", "/a"), k("example.com", "/a"));
+        assert_eq!(k("[::1]:80", "/a"), k("[::1]", "/a"));
+    }
+
+    #[test]
+    fn different_resources_never_share_a_key() {
+        assert_ne!(k("a.test", "/x"), k("b.test", "/x"));
+        assert_ne!(k("a.test:8080", "/x"), k("a.test", "/x"));
+        assert_ne!(k("a.test", "/x?1"), k("a.test", "/x?2"));
+        assert_ne!(k("a.test", "/x%2Fy"), k("a.test", "/x/y"));
+        assert_ne!(
+            k("a.test", "/X"),
+            k("a.test", "/x"),
+            "paths are case-sensitive"
+        );
+        // Framing: moving bytes between host and path changes the key.
+        assert_ne!(k("a.tes", "t/x"), k("a.test", "/x"));
+    }
+
+    #[test]
+    fn absolute_form_uses_its_path() {
+        let r = RequestHeader::build("GET", b"http://Example.com/p?q=1", None).unwrap();
+        assert_eq!(path_and_query(&r), b"/p?q=1");
+        let r = RequestHeader::build("GET", b"http://example.com", None).unwrap();
+        assert_eq!(path_and_query(&r), b"/");
+        let r = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
+        assert_eq!(path_and_query(&r), b"/p?q=1");
+    }
+}

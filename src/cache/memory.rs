@@ -1,0 +1,538 @@
+//! The embedded memory store: a Pingora `Storage` bounded in bytes by construction.
+//!
+//! Entries live in sharded maps keyed by the full cache key hash; a byte-weighted LRU
+//! (pingora-lru) decides eviction. Admission and eviction happen together under one short
+//! mutex, so the bytes in use never exceed the limit once an insert returns. Hits clone an
+//! `Arc` and hand out `Bytes` slices of the stored chunks: no body copies on the hit path.
+//!
+//! An entry's weight counts its body, its header fields and a fixed per-entry overhead.
+
+use crate::metrics;
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use pingora::cache::key::{CacheHashKey, CacheKey, CompactCacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheMeta, Storage};
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+const SHARDS: usize = 16;
+/// Map slot, LRU node, Arc and meta bookkeeping per entry, measured roughly; erring high keeps
+/// the real footprint under the configured size.
+const ENTRY_OVERHEAD: usize = 512;
+
+/// What a stored response is, minus its body: enough to rebuild a `CacheMeta` per hit without
+/// re-parsing anything.
+struct StoredMeta {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    updated: SystemTime,
+    swr: u32,
+    sie: u32,
+    variance: Option<HashBinary>,
+    header: ResponseHeader,
+}
+
+impl StoredMeta {
+    fn from_meta(meta: &CacheMeta) -> StoredMeta {
+        StoredMeta {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            updated: meta.updated(),
+            swr: meta.stale_while_revalidate_sec(),
+            sie: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            header: meta.response_header_copy(),
+        }
+    }
+
+    fn to_meta(&self) -> CacheMeta {
+        let mut m = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.swr,
+            self.sie,
+            self.header.clone(),
+        );
+        if self.updated != self.created {
+            // CacheMeta::new has no `updated`; the epoch override carries the last validation
+            // time, which is what freshness and Age are measured from.
+            m.set_epoch_override(self.updated);
+        }
+        if let Some(v) = self.variance {
+            m.set_variance(v);
+        }
+        m
+    }
+
+    fn weight(&self) -> usize {
+        self.header
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum::<usize>()
+            + 64
+    }
+}
+
+struct Entry {
+    primary: u128,
+    meta: StoredMeta,
+    body: Arc<[Bytes]>,
+    body_len: usize,
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        self.body_len + self.meta.weight() + ENTRY_OVERHEAD
+    }
+}
+
+pub struct MemoryStore {
+    shards: Vec<RwLock<HashMap<u128, Arc<Entry>>>>,
+    lru: pingora_lru::Lru<u128, SHARDS>,
+    /// Primary key → keys of its Vary variants, so a purge removes them all.
+    variants: Mutex<HashMap<u128, Vec<u128>>>,
+    /// Serialises admit + evict so the limit holds whenever the lock is free.
+    admission: Mutex<()>,
+    limit: usize,
+    max_object: usize,
+}
+
+fn key128(b: HashBinary) -> u128 {
+    u128::from_be_bytes(b)
+}
+
+impl MemoryStore {
+    pub fn new(limit: usize, max_object: usize) -> MemoryStore {
+        metrics::CACHE_MEMORY_LIMIT.set(limit as i64);
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            lru: pingora_lru::Lru::with_capacity(limit, 1024),
+            variants: Mutex::new(HashMap::new()),
+            admission: Mutex::new(()),
+            limit,
+            max_object,
+        }
+    }
+
+    fn shard(&self, k: u128) -> &RwLock<HashMap<u128, Arc<Entry>>> {
+        &self.shards[(k as usize) % SHARDS]
+    }
+
+    fn get(&self, k: u128) -> Option<Arc<Entry>> {
+        let e = self.shard(k).read().get(&k).cloned()?;
+        self.lru.promote(k as u64);
+        Some(e)
+    }
+
+    fn insert(&self, k: u128, entry: Entry) {
+        let weight = entry.weight();
+        if weight > self.limit {
+            return;
+        }
+        let variance = entry.meta.variance.is_some();
+        let primary = entry.primary;
+        let _guard = self.admission.lock();
+        self.shard(k).write().insert(k, Arc::new(entry));
+        if variance {
+            let mut v = self.variants.lock();
+            let list = v.entry(primary).or_default();
+            if !list.contains(&k) {
+                list.push(k);
+            }
+        }
+        self.lru.admit(k as u64, k, weight);
+        for (victim, _) in self.lru.evict_to_limit() {
+            self.forget(victim);
+            metrics::CACHE_EVICTIONS.inc();
+        }
+        metrics::CACHE_MEMORY_USED.set(self.lru.weight() as i64);
+    }
+
+    /// Drops `k` from the map and the variant index (not from the LRU).
+    fn forget(&self, k: u128) -> Option<Arc<Entry>> {
+        let e = self.shard(k).write().remove(&k)?;
+        if e.meta.variance.is_some() {
+            let mut v = self.variants.lock();
+            if let Some(list) = v.get_mut(&e.primary) {
+                list.retain(|x| *x != k);
+                if list.is_empty() {
+                    v.remove(&e.primary);
+                }
+            }
+        }
+        Some(e)
+    }
+
+    fn remove(&self, k: u128) -> bool {
+        let _guard = self.admission.lock();
+        let found = self.forget(k).is_some();
+        self.lru.remove(k as u64);
+        metrics::CACHE_MEMORY_USED.set(self.lru.weight() as i64);
+        found
+    }
+
+    /// Removes the entry for `key` and every Vary variant of it. True if anything was removed.
+    pub fn purge_all(&self, key: &CompactCacheKey) -> bool {
+        let primary = key128(key.primary);
+        let mut keys = vec![key128(key.combined_bin()), primary];
+        if let Some(list) = self.variants.lock().get(&primary) {
+            keys.extend_from_slice(list);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let mut any = false;
+        for k in keys {
+            any |= self.remove(k);
+        }
+        any
+    }
+
+    pub fn bytes_used(&self) -> usize {
+        self.lru.weight()
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _t: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(entry) = self.get(key128(key.combined_bin())) else {
+            return Ok(None);
+        };
+        let meta = entry.meta.to_meta();
+        let hit = MemoryHit {
+            body: entry.body.clone(),
+            len: entry.body_len,
+            pos: 0,
+            end: entry.body_len,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _t: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(MemoryMiss {
+            store: self,
+            key: key128(key.combined_bin()),
+            primary: key128(key.primary_bin()),
+            meta: Some(StoredMeta::from_meta(meta)),
+            chunks: Vec::new(),
+            len: 0,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _ty: PurgeType,
+        _t: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let found = match target {
+            PurgeTarget::Active(k) => self.purge_all(k),
+            PurgeTarget::Exact(e) => self.remove(key128(e.key().combined_bin())),
+        };
+        Ok(if found {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _t: &SpanHandle,
+    ) -> Result<bool> {
+        let k = key128(key.combined_bin());
+        let Some(old) = self.shard(k).read().get(&k).cloned() else {
+            return Ok(false);
+        };
+        let mut stored = StoredMeta::from_meta(meta);
+        fix_length(&mut stored.header, old.body_len);
+        let entry = Entry {
+            primary: old.primary,
+            meta: stored,
+            body: old.body.clone(),
+            body_len: old.body_len,
+        };
+        self.insert(k, entry);
+        Ok(true)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// The stored header always carries the real length: a chunked origin response becomes
+/// length-framed, so hits can be ranged (Pingora requires Content-Length) and HEAD is exact.
+fn fix_length(header: &mut ResponseHeader, len: usize) {
+    header.remove_header(&http::header::TRANSFER_ENCODING);
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, len);
+}
+
+struct MemoryMiss {
+    store: &'static MemoryStore,
+    key: u128,
+    primary: u128,
+    meta: Option<StoredMeta>,
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+#[async_trait]
+impl HandleMiss for MemoryMiss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.len += data.len();
+        if self.len > self.store.max_object {
+            // Abandon the write; Pingora keeps streaming to the client and stores nothing.
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "object larger than cache.memory.max_object",
+            );
+        }
+        if !data.is_empty() {
+            self.chunks.push(data);
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let mut meta = self.meta.take().expect("finish runs once");
+        fix_length(&mut meta.header, self.len);
+        let entry = Entry {
+            primary: self.primary,
+            meta,
+            body: std::mem::take(&mut self.chunks).into(),
+            body_len: self.len,
+        };
+        let weight = entry.weight();
+        self.store.insert(self.key, entry);
+        Ok(MissFinishType::Created(weight))
+    }
+}
+
+struct MemoryHit {
+    body: Arc<[Bytes]>,
+    len: usize,
+    /// Next byte to send and the end (exclusive) of the requested range.
+    pos: usize,
+    end: usize,
+}
+
+#[async_trait]
+impl HandleHit for MemoryHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        // Walk to the chunk holding `pos`; bodies have few chunks, ranges are rare.
+        let mut offset = 0;
+        for chunk in self.body.iter() {
+            let chunk_end = offset + chunk.len();
+            if self.pos < chunk_end && self.pos < self.end {
+                let from = self.pos - offset;
+                let to = chunk.len().min(self.end - offset);
+                self.pos = offset + to;
+                return Ok(Some(chunk.slice(from..to)));
+            }
+            offset = chunk_end;
+        }
+        Ok(None)
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _s: &'static (dyn Storage + Sync),
+        _k: &CacheKey,
+        _t: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.len {
+            return Error::e_explain(ErrorType::InternalError, "seek past the end of the body");
+        }
+        self.pos = start;
+        self.end = end.unwrap_or(self.len).min(self.len);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn store(limit: usize) -> &'static MemoryStore {
+        Box::leak(Box::new(MemoryStore::new(limit, limit / 2)))
+    }
+
+    fn meta() -> CacheMeta {
+        let now = SystemTime::now();
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("Transfer-Encoding", "chunked").unwrap();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+    }
+
+    async fn put(s: &'static MemoryStore, name: &str, body: &[u8]) {
+        let key = CacheKey::new(name.as_bytes().to_vec(), "");
+        let mut miss = s
+            .get_miss_handler(
+                &key,
+                &meta(),
+                &pingora::cache::trace::Span::inactive().handle(),
+            )
+            .await
+            .unwrap();
+        for part in body.chunks(1000) {
+            miss.write_body(Bytes::copy_from_slice(part), false)
+                .await
+                .unwrap();
+        }
+        miss.finish().await.unwrap();
+    }
+
+    async fn read(
+        s: &'static MemoryStore,
+        name: &str,
+        range: Option<(usize, usize)>,
+    ) -> Option<(CacheMeta, Vec<u8>)> {
+        let key = CacheKey::new(name.as_bytes().to_vec(), "");
+        let (meta, mut hit) = s
+            .lookup(&key, &pingora::cache::trace::Span::inactive().handle())
+            .await
+            .unwrap()?;
+        if let Some((a, b)) = range {
+            hit.seek(a, Some(b)).unwrap();
+        }
+        let mut out = Vec::new();
+        while let Some(b) = hit.read_body().await.unwrap() {
+            out.extend_from_slice(&b);
+        }
+        Some((meta, out))
+    }
+
+    #[tokio::test]
+    async fn round_trip_ranges_and_length_framing() {
+        let s = store(1 << 20);
+        let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        put(s, "a", &body).await;
+        let (meta, got) = read(s, "a", None).await.unwrap();
+        assert_eq!(got, body);
+        assert_eq!(meta.headers()["content-length"], "5000");
+        assert!(meta.headers().get("transfer-encoding").is_none());
+        let (_, part) = read(s, "a", Some((1500, 3700))).await.unwrap();
+        assert_eq!(part, &body[1500..3700]);
+        assert!(read(s, "b", None).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn never_exceeds_its_byte_limit() {
+        // Enough entries per LRU shard (~17) for shard-level eviction to behave like LRU.
+        let limit = 1 << 20;
+        let s = store(limit);
+        for i in 0..1000 {
+            put(s, &format!("k{i}"), &[7u8; 3000]).await;
+            assert!(
+                s.bytes_used() <= limit,
+                "{} > {limit} after {i}",
+                s.bytes_used()
+            );
+        }
+        assert!(read(s, "k999", None).await.is_some(), "newest entry kept");
+        assert!(read(s, "k0", None).await.is_none(), "oldest entry evicted");
+    }
+
+    #[tokio::test]
+    async fn oversized_objects_are_refused_mid_stream() {
+        let s = store(16 * 1024); // max_object 8 KiB
+        let key = CacheKey::new(b"big".to_vec(), "");
+        let mut miss = s
+            .get_miss_handler(
+                &key,
+                &meta(),
+                &pingora::cache::trace::Span::inactive().handle(),
+            )
+            .await
+            .unwrap();
+        assert!(miss
+            .write_body(Bytes::from(vec![0u8; 6000]), false)
+            .await
+            .is_ok());
+        assert!(miss
+            .write_body(Bytes::from(vec![0u8; 6000]), false)
+            .await
+            .is_err());
+        drop(miss);
+        assert!(read(s, "big", None).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn purge_removes_every_variant() {
+        let s = store(1 << 20);
+        let mut key = CacheKey::new(b"v".to_vec(), "");
+        for variant in [[1u8; 16], [2u8; 16]] {
+            key.set_variance_key(variant);
+            let mut m = meta();
+            m.set_variance(variant);
+            let mut miss = s
+                .get_miss_handler(&key, &m, &pingora::cache::trace::Span::inactive().handle())
+                .await
+                .unwrap();
+            miss.write_body(Bytes::from_static(b"x"), true)
+                .await
+                .unwrap();
+            miss.finish().await.unwrap();
+        }
+        assert_eq!(
+            s.variants
+                .lock()
+                .get(&key128(key.primary_bin()))
+                .map(Vec::len),
+            Some(2)
+        );
+        let plain = CacheKey::new(b"v".to_vec(), "").to_compact();
+        assert!(s.purge_all(&plain));
+        assert!(s
+            .lookup(&key, &pingora::cache::trace::Span::inactive().handle())
+            .await
+            .unwrap()
+            .is_none());
+        assert!(!s.purge_all(&plain), "second purge finds nothing");
+        assert_eq!(s.bytes_used(), 0);
+    }
+}

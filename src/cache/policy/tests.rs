@@ -1,0 +1,437 @@
+//! Table tests for the RFC 9111 rules: each row is (request headers, response, expected).
+
+use super::*;
+use std::time::UNIX_EPOCH;
+
+const NOW: u64 = 1_700_000_000;
+
+/// Header fields of one message in a table row.
+type Fields<'a> = &'a [(&'a str, &'a str)];
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn date(secs: u64) -> String {
+    httpdate::fmt_http_date(at(secs))
+}
+
+fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
+    let mut r = RequestHeader::build(method, b"/x", None).unwrap();
+    for (k, v) in headers {
+        r.append_header(k.to_string(), *v).unwrap();
+    }
+    r
+}
+
+fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+    let mut r = ResponseHeader::build(status, None).unwrap();
+    for (k, v) in headers {
+        r.append_header(k.to_string(), *v).unwrap();
+    }
+    r
+}
+
+const H: Heuristic = Heuristic {
+    fraction: 0.1,
+    max: Duration::from_secs(86400),
+};
+
+fn timing() -> Timing {
+    Timing {
+        request_sent: at(NOW),
+        response_received: at(NOW),
+    }
+}
+
+fn decide(rq: &RequestHeader, rs: &ResponseHeader) -> Result<CacheMeta, Refusal> {
+    storable(rq, rs, timing(), H, StaleDefaults::default())
+}
+
+/// Seconds of freshness the stored response gets, or the refusal.
+fn ttl(rq: &[(&str, &str)], status: u16, rs: &[(&str, &str)]) -> Result<i64, Refusal> {
+    decide(&req("GET", rq), &resp(status, rs)).map(|m| ttl_secs(&m, at(NOW)))
+}
+
+#[test]
+fn storing_rules_section_3() {
+    let d = date(NOW);
+    let table: &[(Fields, u16, Fields, Result<i64, Refusal>)] = &[
+        (&[], 200, &[("Cache-Control", "max-age=60")], Ok(60)),
+        (&[], 500, &[("Cache-Control", "max-age=60")], Ok(60)), // explicit freshness: any final status
+        (&[], 206, &[("Cache-Control", "max-age=60")], Err("status")),
+        (
+            &[],
+            200,
+            &[("Cache-Control", "no-store, max-age=60")],
+            Err("no-store"),
+        ),
+        (
+            &[("Cache-Control", "no-store")],
+            200,
+            &[("Cache-Control", "max-age=60")],
+            Err("request-no-store"),
+        ),
+        (
+            &[],
+            200,
+            &[("Cache-Control", "private, max-age=60")],
+            Err("private"),
+        ),
+        (
+            &[],
+            200,
+            &[("Cache-Control", "private=\"x-user\", max-age=60")],
+            Ok(60),
+        ),
+        (
+            &[("Authorization", "Basic a")],
+            200,
+            &[("Cache-Control", "max-age=60")],
+            Err("authorization"),
+        ),
+        (
+            &[("Authorization", "Basic a")],
+            200,
+            &[("Cache-Control", "public, max-age=60")],
+            Ok(60),
+        ),
+        (
+            &[("Authorization", "Basic a")],
+            200,
+            &[("Cache-Control", "s-maxage=60")],
+            Ok(60),
+        ),
+        (
+            &[("Authorization", "Basic a")],
+            200,
+            &[("Cache-Control", "must-revalidate, max-age=60")],
+            Ok(60),
+        ),
+        (
+            &[],
+            200,
+            &[("Cache-Control", "max-age=60"), ("Set-Cookie", "a=b")],
+            Err("set-cookie"),
+        ),
+        (
+            &[],
+            200,
+            &[
+                ("Cache-Control", "public, max-age=60"),
+                ("Set-Cookie", "a=b"),
+            ],
+            Ok(60),
+        ),
+        (
+            &[],
+            200,
+            &[("Cache-Control", "max-age=60"), ("Vary", "Accept, *")],
+            Err("vary-star"),
+        ),
+        (&[], 200, &[], Err("no-freshness")),
+        (&[], 200, &[("ETag", "\"a\"")], Err("no-freshness")), // no default TTL
+        (&[], 200, &[("Cache-Control", "no-cache")], Err("no-cache")), // nothing to revalidate with
+        (
+            &[],
+            200,
+            &[("Cache-Control", "no-cache"), ("ETag", "\"a\"")],
+            Ok(0),
+        ),
+        (&[], 200, &[("Cache-Control", "max-age=0")], Err("stale")),
+        (
+            &[],
+            200,
+            &[("Cache-Control", "max-age=0"), ("ETag", "\"a\"")],
+            Ok(0),
+        ),
+        (
+            &[],
+            200,
+            &[("Cache-Control", "max-age=0, stale-while-revalidate=30")],
+            Ok(0),
+        ),
+        (
+            &[],
+            200,
+            &[("Date", &d), ("Cache-Control", "max-age=60")],
+            Ok(60),
+        ),
+    ];
+    for (i, (rq, status, rs, want)) in table.iter().enumerate() {
+        assert_eq!(
+            ttl(rq, *status, rs),
+            *want,
+            "row {i}: {rq:?} {status} {rs:?}"
+        );
+    }
+    assert_eq!(
+        decide(
+            &req("POST", &[]),
+            &resp(200, &[("Cache-Control", "max-age=60")])
+        )
+        .err(),
+        Some("method")
+    );
+}
+
+#[test]
+fn freshness_order_section_4_2_1() {
+    let d = date(NOW);
+    let exp = date(NOW + 300);
+    let past = date(NOW - 10);
+    let table: &[(Fields, Result<i64, Refusal>)] = &[
+        // s-maxage beats max-age beats Expires.
+        (
+            &[
+                ("Cache-Control", "max-age=60, s-maxage=120"),
+                ("Expires", &exp),
+                ("Date", &d),
+            ],
+            Ok(120),
+        ),
+        (
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("Expires", &exp),
+                ("Date", &d),
+            ],
+            Ok(60),
+        ),
+        (&[("Expires", &exp), ("Date", &d)], Ok(300)),
+        (
+            &[("Expires", &past), ("Date", &d), ("ETag", "\"e\"")],
+            Ok(-10 + 10),
+        ), // expired: 0 lifetime
+        // A malformed Expires means already expired.
+        (&[("Expires", "0"), ("ETag", "\"e\"")], Ok(0)),
+        (&[("Expires", "0")], Err("stale")),
+        // Invalid max-age: explicit but unusable, so stale.
+        (
+            &[("Cache-Control", "max-age=soon"), ("ETag", "\"e\"")],
+            Ok(0),
+        ),
+    ];
+    for (i, (rs, want)) in table.iter().enumerate() {
+        assert_eq!(ttl(&[], 200, rs), *want, "row {i}: {rs:?}");
+    }
+}
+
+#[test]
+fn heuristic_freshness_section_4_2_2() {
+    let d = date(NOW);
+    let lm = date(NOW - 1000);
+    assert_eq!(
+        ttl(&[], 200, &[("Date", &d), ("Last-Modified", &lm)]),
+        Ok(100)
+    );
+    assert_eq!(
+        ttl(&[], 404, &[("Date", &d), ("Last-Modified", &lm)]),
+        Ok(100)
+    );
+    // Not heuristically cacheable, unless public.
+    assert_eq!(
+        ttl(&[], 302, &[("Date", &d), ("Last-Modified", &lm)]),
+        Err("no-freshness")
+    );
+    assert_eq!(
+        ttl(
+            &[],
+            302,
+            &[
+                ("Date", &d),
+                ("Last-Modified", &lm),
+                ("Cache-Control", "public")
+            ]
+        ),
+        Ok(100)
+    );
+    // Capped.
+    let old = date(NOW - 100 * 86400);
+    assert_eq!(
+        ttl(&[], 200, &[("Date", &d), ("Last-Modified", &old)]),
+        Ok(86400)
+    );
+    // Disabled by a zero fraction.
+    let off = Heuristic { fraction: 0.0, ..H };
+    let r = storable(
+        &req("GET", &[]),
+        &resp(200, &[("Date", &d), ("Last-Modified", &lm)]),
+        timing(),
+        off,
+        StaleDefaults::default(),
+    );
+    assert_eq!(r.err(), Some("no-freshness"));
+}
+
+#[test]
+fn age_is_corrected_and_stored_section_4_2_3() {
+    // The origin says Age: 10 and the fetch took 2 s: initial age 12, lifetime 60 → 48 left.
+    let t = Timing {
+        request_sent: at(NOW - 2),
+        response_received: at(NOW),
+    };
+    let d = date(NOW - 2);
+    let m = storable(
+        &req("GET", &[]),
+        &resp(
+            200,
+            &[("Cache-Control", "max-age=60"), ("Age", "10"), ("Date", &d)],
+        ),
+        t,
+        H,
+        StaleDefaults::default(),
+    )
+    .unwrap();
+    assert_eq!(ttl_secs(&m, at(NOW)), 48);
+    assert_eq!(m.headers()["age"], "12");
+    assert_eq!(current_age(&m, at(NOW + 5)).as_secs(), 17);
+    // A Date in the past raises the apparent age even without an Age header.
+    let d = date(NOW - 30);
+    let m = storable(
+        &req("GET", &[]),
+        &resp(200, &[("Cache-Control", "max-age=60"), ("Date", &d)]),
+        timing(),
+        H,
+        StaleDefaults::default(),
+    )
+    .unwrap();
+    assert_eq!(ttl_secs(&m, at(NOW)), 30);
+    // The Date header itself is kept as received.
+    assert_eq!(m.headers()["date"], d.as_str());
+}
+
+#[test]
+fn stale_windows_section_4_2_4() {
+    let defaults = StaleDefaults {
+        while_revalidate: 5,
+        if_error: 50,
+    };
+    let m = |cc: &str| {
+        storable(
+            &req("GET", &[]),
+            &resp(200, &[("Cache-Control", cc)]),
+            timing(),
+            H,
+            defaults,
+        )
+        .unwrap()
+    };
+    let w = |m: CacheMeta| (m.stale_while_revalidate_sec(), m.stale_if_error_sec());
+    assert_eq!(w(m("max-age=60")), (5, 50));
+    assert_eq!(
+        w(m(
+            "max-age=60, stale-while-revalidate=30, stale-if-error=300"
+        )),
+        (30, 300)
+    );
+    for forbids in [
+        "max-age=60, must-revalidate",
+        "max-age=60, proxy-revalidate",
+        "s-maxage=60",
+        "max-age=60, stale-if-error=300, must-revalidate",
+    ] {
+        assert_eq!(w(m(forbids)), (0, 0), "{forbids}");
+    }
+}
+
+#[test]
+fn named_private_and_no_cache_fields_are_not_stored() {
+    let r = resp(
+        200,
+        &[
+            (
+                "Cache-Control",
+                "max-age=60, private=\"X-User\", no-cache=\"X-Token\"",
+            ),
+            ("X-User", "alice"),
+            ("X-Token", "t"),
+            ("X-Keep", "k"),
+        ],
+    );
+    let m = decide(&req("GET", &[]), &r).unwrap();
+    assert!(m.headers().get("x-user").is_none());
+    assert!(m.headers().get("x-token").is_none());
+    assert_eq!(m.headers()["x-keep"], "k");
+}
+
+fn stored(cc: &str, age_secs: u64, ttl: i64) -> CacheMeta {
+    // Stored `age_secs` ago with `ttl` seconds of freshness left now.
+    let created = at(NOW - age_secs);
+    let fresh_until = if ttl >= 0 {
+        at(NOW) + Duration::from_secs(ttl as u64)
+    } else {
+        at(NOW) - Duration::from_secs((-ttl) as u64)
+    };
+    CacheMeta::new(
+        fresh_until,
+        created,
+        0,
+        0,
+        resp(200, &[("Cache-Control", cc)]),
+    )
+}
+
+#[test]
+fn request_directives_on_hits_section_5_2_1() {
+    let f = |rq: &[(&str, &str)], m: &CacheMeta| on_hit(&req("GET", rq), m, at(NOW));
+    let fresh = stored("max-age=100", 40, 60);
+    let stale = stored("max-age=100", 130, -30);
+    let stale_mr = stored("max-age=100, must-revalidate", 130, -30);
+    use ForcedFreshness::*;
+    let table: &[(Fields, &CacheMeta, Option<ForcedFreshness>)] = &[
+        (&[], &fresh, None),
+        (&[("Cache-Control", "no-cache")], &fresh, Some(ForceExpired)),
+        (&[("Pragma", "no-cache")], &fresh, Some(ForceExpired)),
+        (
+            &[("Pragma", "no-cache"), ("Cache-Control", "max-age=1000")],
+            &fresh,
+            None,
+        ),
+        (&[("Cache-Control", "max-age=50")], &fresh, None),
+        (
+            &[("Cache-Control", "max-age=30")],
+            &fresh,
+            Some(ForceExpired),
+        ),
+        (&[("Cache-Control", "min-fresh=30")], &fresh, None),
+        (
+            &[("Cache-Control", "min-fresh=90")],
+            &fresh,
+            Some(ForceExpired),
+        ),
+        (&[("Cache-Control", "max-stale")], &stale, Some(ForceFresh)),
+        (
+            &[("Cache-Control", "max-stale=60")],
+            &stale,
+            Some(ForceFresh),
+        ),
+        (&[("Cache-Control", "max-stale=10")], &stale, None),
+        (&[("Cache-Control", "max-stale")], &stale_mr, None),
+        (&[("Cache-Control", "max-stale")], &fresh, None),
+    ];
+    for (i, (rq, m, want)) in table.iter().enumerate() {
+        assert_eq!(
+            format!("{:?}", f(rq, m)),
+            format!("{want:?}"),
+            "row {i}: {rq:?}"
+        );
+    }
+    assert!(only_if_cached(&req(
+        "GET",
+        &[("Cache-Control", "only-if-cached")]
+    )));
+}
+
+#[test]
+fn unsafe_methods_invalidate_section_4_4() {
+    use http::Method;
+    assert!(invalidates(&Method::POST, 200));
+    assert!(invalidates(&Method::DELETE, 204));
+    assert!(invalidates(&Method::PUT, 302));
+    assert!(invalidates(&Method::from_bytes(b"FROB").unwrap(), 200));
+    assert!(!invalidates(&Method::POST, 500));
+    assert!(!invalidates(&Method::POST, 404));
+    assert!(!invalidates(&Method::GET, 200));
+    assert!(!invalidates(&Method::OPTIONS, 200));
+}

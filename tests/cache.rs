@@ -1,0 +1,708 @@
+//! HTTP caching through the real binary: every rule is proven by what the origin saw and by
+//! the headers the client got.
+
+mod common;
+
+use common::http::{Client, Origin, Reply, Request};
+use common::{simple_config, Shellac};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A caching route over `origin`; `extra` is appended at top level (e.g. a `cache:` section).
+fn cached(origin: &Origin, route_extra: &str, extra: &str) -> String {
+    format!(
+        "{}{extra}",
+        simple_config(&[origin], "", &format!(", cache: true{route_extra}"))
+    )
+}
+
+fn cc(v: &'static str) -> impl Fn(&Request) -> Reply {
+    move |req| Reply::ok(format!("body of {}", req.target)).header("Cache-Control", v)
+}
+
+fn status_of(r: &common::http::Response) -> String {
+    r.header("cache-status").unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn miss_then_hit_with_age_and_cache_status() {
+    let origin = Origin::start(cc("max-age=60")).await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let r1 = shellac.get("/a").await;
+    assert_eq!(r1.status, 200);
+    assert_eq!(status_of(&r1), "shellac; fwd=miss; fwd-status=200; stored");
+    let r2 = shellac.get("/a").await;
+    assert_eq!(r2.text(), "body of /a");
+    assert!(
+        status_of(&r2).starts_with("shellac; hit; ttl="),
+        "{}",
+        status_of(&r2)
+    );
+    assert!(r2.header("age").is_some(), "Age on every hit");
+    let r3 = shellac.request("HEAD", "/a", &[]).await;
+    assert_eq!(r3.status, 200);
+    assert_eq!(
+        r3.header("content-length"),
+        Some("10"),
+        "HEAD answered from the stored GET"
+    );
+    assert_eq!(origin.count(), 1);
+    assert_eq!(
+        shellac
+            .metric("shellac_cache_lookups_total", &[("result", "hit")])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        shellac
+            .metric("shellac_cache_lookups_total", &[("result", "miss")])
+            .await,
+        1.0
+    );
+    assert!(
+        shellac
+            .metric("shellac_cache_served_bytes_total", &[])
+            .await
+            >= 10.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uncached_routes_and_unsafe_methods_pass_through() {
+    let origin = Origin::start(cc("max-age=60")).await;
+    let shellac = Shellac::start(&simple_config(&[&origin], "", "")).await;
+    shellac.get("/a").await;
+    let r = shellac.get("/a").await;
+    assert_eq!(origin.count(), 2, "route without cache: true never caches");
+    assert_eq!(r.header("cache-status"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn freshness_expires() {
+    let origin = Origin::start(cc("max-age=1")).await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/e").await;
+    shellac.get("/e").await;
+    assert_eq!(origin.count(), 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = shellac.get("/e").await;
+    assert_eq!(origin.count(), 2, "an expired entry is fetched again");
+    assert!(status_of(&r).contains("fwd=stale"), "{}", status_of(&r));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn response_directives_decide_storage() {
+    let origin = Origin::start(|req| {
+        let r = Reply::ok("x");
+        match req.path() {
+            "/no-store" => r.header("Cache-Control", "no-store, max-age=60"),
+            "/private" => r.header("Cache-Control", "private, max-age=60"),
+            "/cookie" => r
+                .header("Cache-Control", "max-age=60")
+                .header("Set-Cookie", "s=1"),
+            "/public-cookie" => r
+                .header("Cache-Control", "public, max-age=60")
+                .header("Set-Cookie", "s=1"),
+            "/none" => r,
+            "/heuristic" => r.header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            "/expires" => r.header("Expires", "Thu, 01 Jan 2037 00:00:00 GMT"),
+            "/bad-expires" => r.header("Expires", "0"),
+            "/s-maxage" => r.header("Cache-Control", "max-age=0, s-maxage=60"),
+            "/error" => Reply::new(503, "down"),
+            "/error-cacheable" => Reply::new(503, "down").header("Cache-Control", "max-age=60"),
+            "/vary-star" => r.header("Cache-Control", "max-age=60").header("Vary", "*"),
+            _ => r.header("Cache-Control", "max-age=60"),
+        }
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let table = [
+        ("/no-store", false),
+        ("/private", false),
+        ("/cookie", false),
+        ("/public-cookie", true),
+        ("/none", false),
+        ("/heuristic", true),
+        ("/expires", true),
+        ("/bad-expires", false),
+        ("/s-maxage", true),
+        ("/error", false),
+        ("/error-cacheable", true),
+        ("/vary-star", false),
+    ];
+    for (path, stored) in table {
+        shellac.get(path).await;
+        let r = shellac.get(path).await;
+        let seen = origin.count_path(path);
+        assert_eq!(
+            seen,
+            if stored { 1 } else { 2 },
+            "{path}: origin saw {seen}, cache-status {}",
+            status_of(&r)
+        );
+    }
+    assert!(
+        shellac
+            .metric("shellac_cache_not_stored_total", &[("reason", "private")])
+            .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_needs_explicit_permission() {
+    let origin = Origin::start(|req| {
+        Reply::ok("secret").header(
+            "Cache-Control",
+            if req.path() == "/shared" {
+                "public, max-age=60"
+            } else {
+                "max-age=60"
+            },
+        )
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    for path in ["/mine", "/shared"] {
+        shellac
+            .request("GET", path, &[("Authorization", "Bearer a")])
+            .await;
+        shellac
+            .request("GET", path, &[("Authorization", "Bearer a")])
+            .await;
+    }
+    assert_eq!(origin.count_path("/mine"), 2);
+    assert_eq!(origin.count_path("/shared"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_directives() {
+    let origin = Origin::start(|req| {
+        if req.header("if-none-match") == Some("\"v1\"") {
+            return Reply::new(304, "")
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "max-age=60");
+        }
+        Reply::ok("fresh")
+            .header("Cache-Control", "max-age=60")
+            .header("ETag", "\"v1\"")
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    // only-if-cached on a miss: 504 without asking the origin.
+    let r = shellac
+        .request("GET", "/d", &[("Cache-Control", "only-if-cached")])
+        .await;
+    assert_eq!(r.status, 504);
+    assert_eq!(origin.count(), 0);
+    shellac.get("/d").await;
+    let r = shellac
+        .request("GET", "/d", &[("Cache-Control", "only-if-cached")])
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "fresh"));
+    assert_eq!(origin.count(), 1);
+    // no-cache: validated with the origin first (a conditional request), then served.
+    let r = shellac
+        .request("GET", "/d", &[("Cache-Control", "no-cache")])
+        .await;
+    assert_eq!(r.text(), "fresh");
+    assert_eq!(origin.count(), 2);
+    assert_eq!(origin.requests()[1].header("if-none-match"), Some("\"v1\""));
+    assert!(
+        status_of(&r).contains("fwd=request; fwd-status=304"),
+        "{}",
+        status_of(&r)
+    );
+    // max-age=0 from the client also forces validation; a generous max-age does not.
+    shellac
+        .request("GET", "/d", &[("Cache-Control", "max-age=0")])
+        .await;
+    assert_eq!(origin.count(), 3);
+    shellac
+        .request("GET", "/d", &[("Cache-Control", "max-age=600")])
+        .await;
+    shellac
+        .request("GET", "/d", &[("Cache-Control", "min-fresh=10")])
+        .await;
+    assert_eq!(origin.count(), 3);
+    shellac
+        .request("GET", "/d", &[("Cache-Control", "min-fresh=3600")])
+        .await;
+    assert_eq!(origin.count(), 4);
+    // A client's no-store: the response is not stored, but other clients' entries survive.
+    shellac
+        .request("GET", "/ns", &[("Cache-Control", "no-store")])
+        .await;
+    shellac.get("/ns").await;
+    assert_eq!(origin.count_path("/ns"), 2);
+    shellac.get("/ns").await;
+    assert_eq!(origin.count_path("/ns"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_stale_serves_stale_unless_forbidden() {
+    let origin = Origin::start(|req| {
+        let v = if req.path() == "/mr" {
+            "max-age=1, must-revalidate"
+        } else {
+            "max-age=1"
+        };
+        Reply::ok("v").header("Cache-Control", v)
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/ms").await;
+    shellac.get("/mr").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = shellac
+        .request("GET", "/ms", &[("Cache-Control", "max-stale=60")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        origin.count_path("/ms"),
+        1,
+        "served stale as the client allowed"
+    );
+    shellac
+        .request("GET", "/mr", &[("Cache-Control", "max-stale=60")])
+        .await;
+    assert_eq!(origin.count_path("/mr"), 2, "must-revalidate forbids it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vary_keeps_one_variant_per_selecting_header() {
+    let origin = Origin::start(|req| {
+        Reply::ok(format!(
+            "enc={}",
+            req.header("accept-encoding").unwrap_or("none")
+        ))
+        .header("Cache-Control", "max-age=60")
+        .header("Vary", "Accept-Encoding")
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    for _ in 0..2 {
+        for enc in ["gzip", "br", ""] {
+            let h: Vec<(&str, &str)> = if enc.is_empty() {
+                vec![]
+            } else {
+                vec![("Accept-Encoding", enc)]
+            };
+            let r = shellac.request("GET", "/v", &h).await;
+            assert_eq!(
+                r.text(),
+                format!("enc={}", if enc.is_empty() { "none" } else { enc })
+            );
+        }
+    }
+    assert_eq!(origin.count(), 3, "three variants, each fetched once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_304_refreshes_the_stored_response() {
+    let version = Arc::new(AtomicUsize::new(1));
+    let v = version.clone();
+    let origin = Origin::start(move |req| {
+        let n = v.load(Ordering::SeqCst);
+        if req.header("if-none-match") == Some("\"e\"") {
+            return Reply::new(304, "")
+                .header("ETag", "\"e\"")
+                .header("Cache-Control", "max-age=60")
+                .header("X-Version", n.to_string());
+        }
+        Reply::ok("stored body")
+            .header("Cache-Control", "max-age=1")
+            .header("ETag", "\"e\"")
+            .header("X-Version", n.to_string())
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    assert_eq!(shellac.get("/r").await.header("x-version"), Some("1"));
+    version.store(2, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = shellac.get("/r").await;
+    assert_eq!(r.text(), "stored body");
+    assert_eq!(
+        r.header("x-version"),
+        Some("2"),
+        "304 headers replace stored ones (§4.3.4)"
+    );
+    assert!(
+        status_of(&r).contains("fwd=stale; fwd-status=304"),
+        "{}",
+        status_of(&r)
+    );
+    assert_eq!(origin.requests()[1].header("if-none-match"), Some("\"e\""));
+    // Now fresh for 60 s per the 304.
+    let r = shellac.get("/r").await;
+    assert!(
+        status_of(&r).starts_with("shellac; hit"),
+        "{}",
+        status_of(&r)
+    );
+    assert_eq!(r.header("x-version"), Some("2"));
+    assert_eq!(origin.count(), 2);
+    // A client's own conditional request is answered 304 from the cache.
+    let r = shellac
+        .request("GET", "/r", &[("If-None-Match", "\"e\"")])
+        .await;
+    assert_eq!(r.status, 304);
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsafe_methods_invalidate_the_uri_and_its_location() {
+    let origin = Origin::start(|req| match req.method.as_str() {
+        "POST" => Reply::new(201, "made").header("Location", "/items/7"),
+        "DELETE" => Reply::new(500, "failed"),
+        _ => Reply::ok("item").header("Cache-Control", "max-age=60"),
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    for p in ["/items", "/items/7"] {
+        shellac.get(p).await;
+        shellac.get(p).await;
+    }
+    assert_eq!(origin.count(), 2);
+    let mut c = Client::connect(shellac.addr).await.unwrap();
+    assert_eq!(
+        c.request("POST", "/items", &[], b"new")
+            .await
+            .unwrap()
+            .status,
+        201
+    );
+    shellac.get("/items").await;
+    shellac.get("/items/7").await;
+    assert_eq!(origin.count_path("/items"), 3, "POST invalidated /items");
+    assert_eq!(origin.count_path("/items/7"), 2, "and its Location");
+    // An error response invalidates nothing.
+    shellac.request("DELETE", "/items/7", &[]).await;
+    shellac.get("/items/7").await;
+    assert_eq!(origin.count_path("/items/7"), 3, "(2 GETs + the DELETE)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_concurrent_cold_requests_cause_one_origin_request() {
+    let origin = Origin::start(|_| {
+        Reply::ok("slow")
+            .header("Cache-Control", "max-age=60")
+            .delay(Duration::from_millis(300))
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let addr = shellac.addr;
+        tasks.push(tokio::spawn(async move {
+            common::http::get(addr, "/cold").await.unwrap()
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "slow"));
+    }
+    assert_eq!(origin.count(), 1);
+    assert!(
+        shellac
+            .metric("shellac_cache_lookups_total", &[("result", "coalesced")])
+            .await
+            >= 50.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uncacheable_url_is_not_serialised() {
+    let origin = Origin::start(|_| {
+        Reply::ok("dynamic")
+            .header("Cache-Control", "no-store")
+            .delay(Duration::from_millis(500))
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/dyn").await; // learns that /dyn is uncacheable
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let addr = shellac.addr;
+        tasks.push(tokio::spawn(async move {
+            common::http::get(addr, "/dyn").await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "20 requests took {:?}: queued behind each other",
+        t.elapsed()
+    );
+    assert_eq!(origin.count(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_while_revalidate_refreshes_once_in_the_background() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let c = n.clone();
+    let origin = Origin::start(move |_| {
+        let v = c.fetch_add(1, Ordering::SeqCst);
+        Reply::ok(format!("v{v}"))
+            .header("Cache-Control", "max-age=1, stale-while-revalidate=30")
+            .delay(Duration::from_millis(200))
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    assert_eq!(shellac.get("/s").await.text(), "v0");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let t = Instant::now();
+    let mut stale = Vec::new();
+    for _ in 0..5 {
+        stale.push(shellac.get("/s").await);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "stale answers do not wait for the origin"
+    );
+    for r in &stale {
+        assert_eq!(r.text(), "v0");
+        assert!(
+            status_of(r).contains("stale-while-revalidate"),
+            "{}",
+            status_of(r)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        origin.count(),
+        2,
+        "one background refresh for five stale hits"
+    );
+    let r = shellac.get("/s").await;
+    assert_eq!(r.text(), "v1");
+    assert!(status_of(&r).starts_with("shellac; hit"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_if_error_covers_a_dead_or_failing_origin() {
+    let failing = Arc::new(AtomicUsize::new(0));
+    let f = failing.clone();
+    let origin = Origin::start(move |req| {
+        if f.load(Ordering::SeqCst) == 1 {
+            return Reply::new(503, "origin error");
+        }
+        let v = if req.path() == "/mr" {
+            "max-age=1, stale-if-error=60, must-revalidate"
+        } else {
+            "max-age=1, stale-if-error=60"
+        };
+        Reply::ok("good").header("Cache-Control", v)
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/sie").await;
+    shellac.get("/mr").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    failing.store(1, Ordering::SeqCst);
+    let r = shellac.get("/sie").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "good"),
+        "5xx answered with the stale copy"
+    );
+    assert!(
+        status_of(&r).contains("stale-if-error"),
+        "{}",
+        status_of(&r)
+    );
+    let r = shellac.get("/mr").await;
+    assert_eq!(r.status, 503, "must-revalidate forbids stale-if-error");
+    origin.kill();
+    let r = shellac.get("/sie").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "good"),
+        "dead origin: stale copy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_defaults_for_stale_windows() {
+    let failing = Arc::new(AtomicUsize::new(0));
+    let f = failing.clone();
+    let origin = Origin::start(move |_| {
+        if f.load(Ordering::SeqCst) == 1 {
+            Reply::new(500, "x")
+        } else {
+            Reply::ok("ok").header("Cache-Control", "max-age=1")
+        }
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, ", stale_if_error: 1m", "")).await;
+    shellac.get("/d").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    failing.store(1, Ordering::SeqCst);
+    assert_eq!(shellac.get("/d").await.text(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ranges_are_served_from_the_stored_full_response() {
+    let body: String = (0..1000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let b = body.clone();
+    let origin = Origin::start(move |req| {
+        let r = Reply::ok(b.clone()).header("Cache-Control", "max-age=60");
+        // A chunked origin: the stored copy still gets a length, so hits can be ranged.
+        if req.path() == "/range" {
+            r.chunked()
+        } else {
+            r
+        }
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let r = shellac
+        .request("GET", "/sized", &[("Range", "bytes=10-19")])
+        .await;
+    assert_eq!(
+        r.status, 206,
+        "a range on a miss is carved from the full fetch"
+    );
+    assert_eq!(r.text(), &body[10..20]);
+    assert!(
+        origin.requests()[0].header("range").is_none(),
+        "the origin is asked for the whole object"
+    );
+    assert_eq!(
+        shellac
+            .request("GET", "/sized", &[("Range", "bytes=20-29")])
+            .await
+            .text(),
+        &body[20..30]
+    );
+    assert_eq!(origin.count(), 1);
+
+    let r = shellac
+        .request("GET", "/range", &[("Range", "bytes=10-19")])
+        .await;
+    assert!(
+        matches!(r.status, 200 | 206),
+        "a chunked miss may answer whole: {}",
+        r.status
+    );
+    let r = shellac
+        .request("GET", "/range", &[("Range", "bytes=100-199")])
+        .await;
+    assert_eq!((r.status, r.text()), (206, body[100..200].to_string()));
+    assert_eq!(r.header("content-range"), Some("bytes 100-199/1000"));
+    let r = shellac
+        .request("GET", "/range", &[("Range", "bytes=-5")])
+        .await;
+    assert_eq!(r.text(), &body[995..]);
+    let r = shellac
+        .request("GET", "/range", &[("Range", "bytes=0-1,500-501")])
+        .await;
+    assert_eq!(r.status, 206);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("multipart/byteranges"));
+    assert!(r.text().contains(&body[500..502]));
+    let r = shellac
+        .request("GET", "/range", &[("Range", "bytes=5000-")])
+        .await;
+    assert_eq!(r.status, 416);
+    assert_eq!(origin.count_path("/range"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_from_allowed_sources_only_and_never_forwarded() {
+    let origin = Origin::start(|req| {
+        Reply::ok(req.header("accept-encoding").unwrap_or("-").to_string())
+            .header("Cache-Control", "max-age=60")
+            .header("Vary", "Accept-Encoding")
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/p").await;
+    shellac
+        .request("GET", "/p", &[("Accept-Encoding", "gzip")])
+        .await;
+    assert_eq!(origin.count(), 2);
+    let r = shellac.request("PURGE", "/p", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        shellac.request("PURGE", "/p", &[]).await.status,
+        404,
+        "nothing left"
+    );
+    shellac.get("/p").await;
+    shellac
+        .request("GET", "/p", &[("Accept-Encoding", "gzip")])
+        .await;
+    assert_eq!(origin.count(), 4, "both variants were purged");
+    assert!(origin.requests().iter().all(|r| r.method != "PURGE"));
+
+    // A proxy that only allows 10.0.0.0/8: our loopback client is refused, XFF or not.
+    let config = cached(&origin, "", "").replace("admin:", "x:")
+        + "admin: {listen: \"{ADMIN}\", purge_allow: [\"10.0.0.0/8\"]}\n";
+    let strict = Shellac::start(&config).await;
+    strict.get("/q").await;
+    let r = strict
+        .request("PURGE", "/q", &[("X-Forwarded-For", "10.1.2.3")])
+        .await;
+    assert_eq!(r.status, 403);
+    strict.get("/q").await;
+    assert_eq!(
+        origin.count_path("/q"),
+        1,
+        "a refused purge leaves the entry"
+    );
+    assert!(origin.requests().iter().all(|r| r.method != "PURGE"));
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stays_within_its_limit_under_a_large_working_set() {
+    let origin = Origin::start(|req| {
+        Reply::ok(vec![b'm'; 64 * 1024 - req.target.len()]).header("Cache-Control", "max-age=600")
+    })
+    .await;
+    let limit = 4 << 20;
+    let shellac = Shellac::start(&cached(
+        &origin,
+        "",
+        "cache: {memory: {size: 4MiB, max_object: 1MiB}}\n",
+    ))
+    .await;
+    let baseline = vm_rss_kib(shellac.pid());
+    // 16 MiB of distinct objects: four times the store.
+    for i in 0..256 {
+        let r = shellac.get(&format!("/obj/{i}")).await;
+        assert_eq!(r.status, 200);
+        if i % 32 == 31 {
+            let used = shellac.metric("shellac_cache_memory_bytes", &[]).await;
+            assert!(used <= limit as f64, "store at {used} bytes, limit {limit}");
+            assert!(used > 0.0);
+        }
+    }
+    assert_eq!(
+        shellac
+            .metric("shellac_cache_memory_limit_bytes", &[])
+            .await,
+        limit as f64
+    );
+    assert!(shellac.metric("shellac_cache_evictions_total", &[]).await > 150.0);
+    let grown = vm_rss_kib(shellac.pid()).saturating_sub(baseline) / 1024;
+    assert!(grown < 24, "RSS grew {grown} MiB for a 4 MiB store");
+    // The most recent objects are still cached.
+    let before = origin.count();
+    shellac.get("/obj/255").await;
+    assert_eq!(origin.count(), before);
+}
