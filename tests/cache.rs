@@ -75,7 +75,10 @@ async fn uncached_routes_and_unsafe_methods_pass_through() {
     shellac.get("/a").await;
     let r = shellac.get("/a").await;
     assert_eq!(origin.count(), 2, "route without cache: true never caches");
-    assert_eq!(r.header("cache-status"), None);
+    assert_eq!(r.header("cache-status"), Some("shellac; fwd=bypass"));
+    let cached = Shellac::start(&cached(&origin, "", "")).await;
+    let r = cached.request("POST", "/a", &[]).await;
+    assert_eq!(r.header("cache-status"), Some("shellac; fwd=method"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 pub struct CacheCtx {
     /// The route caches and the method is GET or HEAD.
     pub enabled: bool,
+    route_caches: bool,
     stale: StaleDefaults,
     request_sent: Option<SystemTime>,
     /// The origin's 304 during revalidation, merged into the stored header (§3.2).
@@ -80,6 +81,7 @@ impl Cache {
 
     /// `request_cache_filter`: turn caching on for GET and HEAD on caching routes.
     pub fn enable(&self, session: &mut Session, route: &crate::route::Route, cx: &mut CacheCtx) {
+        cx.route_caches = route.cache;
         if !route.cache || !matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
             return;
         }
@@ -216,6 +218,13 @@ impl Cache {
         upstream_status: u16,
     ) -> Result<()> {
         if !cx.enabled {
+            // RFC 9211 `fwd=method`: a method whose responses are never reused; `bypass`: the
+            // route does not cache.
+            let why = if cx.route_caches { "shellac; fwd=method" } else { "shellac; fwd=bypass" };
+            resp.insert_header("cache-status", why)?;
+            if cx.route_caches {
+                metrics::CACHE_LOOKUPS.with_label_values(&["pass"]).inc();
+            }
             return Ok(());
         }
         let now = SystemTime::now();
