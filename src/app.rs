@@ -23,6 +23,7 @@ pub fn build(opt: Opt, config: Config) -> Server {
         upstreams,
         routes,
         cache,
+        limits,
     } = config;
 
     let mut server = Server::new_with_opt_and_conf(opt, pingora);
@@ -38,7 +39,7 @@ pub fn build(opt: Opt, config: Config) -> Server {
         names.iter().position(|k| *k == n).expect("validated")
     });
     let cache = crate::cache::Cache::new(&cache, admin.purge_allow.clone());
-    let proxy = Proxy::new(router, groups, cache);
+    let proxy = Proxy::new(router, groups, cache, limits.clone());
 
     let mut http = HttpProxy::new(proxy, server.configuration.clone());
     http.handle_init_modules();

@@ -24,7 +24,34 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-authenticate",
 ];
 
+/// Request fields an origin may trust to rebuild URLs, pick a method or route internally, none
+/// of which are in the cache key. A client could use them to make the origin produce a response
+/// for someone else's URL (cache poisoning), so they never reach the origin. Shellac itself sets
+/// X-Forwarded-For and X-Forwarded-Proto.
+const UNKEYED: [&str; 16] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-real-ip",
+    "front-end-https",
+];
+
 pub fn upstream_request(req: &mut RequestHeader, client: Option<IpAddr>) -> Result<()> {
+    for name in UNKEYED {
+        req.remove_header(name);
+    }
+    normalize_content_length(req)?;
     if let Some(ip) = client {
         // Append rather than replace: the chain is informational. Nothing in Shellac trusts it.
         let value = match req.headers.get("x-forwarded-for") {
@@ -43,6 +70,25 @@ pub fn upstream_request(req: &mut RequestHeader, client: Option<IpAddr>) -> Resu
     req.insert_header("x-forwarded-proto", "http")?;
     req.append_header(header::VIA, VIA)?;
     Ok(())
+}
+
+/// Pingora accepts repeated identical Content-Length values (`3, 3`, two fields, `03`); the
+/// origin gets exactly one canonical value, so it cannot frame the body differently.
+fn normalize_content_length(req: &mut RequestHeader) -> Result<()> {
+    let Some(first) = req.headers.get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    let len = std::str::from_utf8(first.as_bytes())
+        .ok()
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match len {
+        Some(len) => req.insert_header(header::CONTENT_LENGTH, len).map(|_| ()),
+        None => pingora::Error::e_explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "invalid Content-Length",
+        ),
+    }
 }
 
 pub fn upstream_response(resp: &mut ResponseHeader) {
@@ -93,6 +139,22 @@ mod tests {
         assert!(r.headers.get("keep-alive").is_none());
         assert_eq!(r.headers["content-length"], "3");
         assert_eq!(r.headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn unkeyed_headers_are_stripped_and_length_normalized() {
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        r.append_header("X-Forwarded-Host", "evil.test").unwrap();
+        r.append_header("X-HTTP-Method-Override", "DELETE").unwrap();
+        r.append_header("Forwarded", "host=evil.test").unwrap();
+        r.append_header("Content-Length", "3").unwrap();
+        r.append_header("Content-Length", "03").unwrap();
+        upstream_request(&mut r, None).unwrap();
+        for h in ["x-forwarded-host", "x-http-method-override", "forwarded"] {
+            assert!(r.headers.get(h).is_none(), "{h}");
+        }
+        let lens: Vec<_> = r.headers.get_all("content-length").iter().collect();
+        assert_eq!(lens, ["3"]);
     }
 
     #[test]

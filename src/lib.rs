@@ -8,6 +8,7 @@
 //! - [`route`]: host and path prefix → upstream group.
 //! - [`upstream`]: backend selection, health checks, connection settings.
 //! - [`cache`]: RFC 9111 policy, cache keys, the memory store, Cache-Status and purge.
+//! - [`limits`]: request and response bounds (414/431/413/502), range caps.
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
 //! - [`admin`]: `/metrics` and `/healthz` on the admin listener.
 //! - [`metrics`]: every metric, declared in one place.
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod forward;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

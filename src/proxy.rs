@@ -2,7 +2,9 @@
 //! concern; per-request facts live in [`Ctx`].
 
 use crate::cache::{Cache, CacheCtx};
+use crate::config::Limits;
 use crate::forward;
+use crate::limits;
 use crate::metrics;
 use crate::route::{self, Router};
 use crate::upstream::Group;
@@ -12,7 +14,7 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::lb::Backend;
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{range_header_filter, ProxyHttp, RangeType, Session};
 use pingora::ErrorType;
 use prometheus::{Histogram, IntCounter};
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ pub struct Proxy {
     /// One per route, then one for requests no route matched.
     route_stats: Vec<RouteStats>,
     cache: Cache,
+    limits: Limits,
 }
 
 struct RouteStats {
@@ -52,11 +55,13 @@ pub struct Ctx {
     failed: Vec<SocketAddr>,
     attempts: u32,
     upstream_status: u16,
+    /// Request body bytes seen so far (for bodies without Content-Length).
+    body_bytes: u64,
     cache: CacheCtx,
 }
 
 impl Proxy {
-    pub fn new(router: Router, groups: Vec<Group>, cache: Cache) -> Proxy {
+    pub fn new(router: Router, groups: Vec<Group>, cache: Cache, limits: Limits) -> Proxy {
         let mut route_stats: Vec<RouteStats> =
             router.iter().map(|r| RouteStats::new(&r.name)).collect();
         route_stats.push(RouteStats::new("none"));
@@ -65,6 +70,7 @@ impl Proxy {
             groups,
             route_stats,
             cache,
+            limits,
         }
     }
 
@@ -83,6 +89,14 @@ impl Proxy {
     }
 }
 
+/// Answers locally with `code` and closes: whatever the client sent after the header is never
+/// read, so the connection cannot be trusted to frame a next request.
+async fn refuse(session: &mut Session, code: u16) -> Result<bool> {
+    session.set_keepalive(None);
+    session.respond_error(code).await?;
+    Ok(true)
+}
+
 fn no_backend() -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(502), "no healthy backend left to try")
 }
@@ -99,14 +113,24 @@ impl ProxyHttp for Proxy {
             failed: Vec::new(),
             attempts: 0,
             upstream_status: 0,
+            body_bytes: 0,
             cache: CacheCtx::default(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(code) = limits::check_request(session.req_header(), &self.limits) {
+            return refuse(session, code).await;
+        }
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs()));
+        }
         let req = session.req_header();
         ctx.route = self.router.find(route::request_host(req), req.uri.path());
         if ctx.route.is_none() {
+            if !session.is_body_empty() {
+                return refuse(session, 404).await;
+            }
             session.respond_error(404).await?;
             return Ok(true);
         }
@@ -115,6 +139,41 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Retries replay the buffered body through here again; count it once.
+        if let (Some(b), 1) = (body, ctx.attempts) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > self.limits.max_body {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over limits.max_body",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> RangeType {
+        let req = session.req_header();
+        if let Some(range) = req.headers.get(http::header::RANGE) {
+            if !limits::range_acceptable(range.as_bytes(), self.limits.max_ranges) {
+                return RangeType::None; // the whole representation, 200
+            }
+        }
+        range_header_filter(req, resp, Some(self.limits.max_ranges))
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -239,6 +298,12 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_status = resp.status.as_u16();
+        if limits::response_too_large(resp, &self.limits) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "origin response header over limits.max_response_header_bytes",
+            );
+        }
         forward::upstream_response(resp);
         let route = self.route(ctx);
         self.cache

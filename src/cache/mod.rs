@@ -220,7 +220,11 @@ impl Cache {
         if !cx.enabled {
             // RFC 9211 `fwd=method`: a method whose responses are never reused; `bypass`: the
             // route does not cache.
-            let why = if cx.route_caches { "shellac; fwd=method" } else { "shellac; fwd=bypass" };
+            let why = if cx.route_caches {
+                "shellac; fwd=method"
+            } else {
+                "shellac; fwd=bypass"
+            };
             resp.insert_header("cache-status", why)?;
             if cx.route_caches {
                 metrics::CACHE_LOOKUPS.with_label_values(&["pass"]).inc();

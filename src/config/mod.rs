@@ -31,6 +31,62 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub cache: Cache,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Bounds on what one client or one origin can make Shellac read or hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Longest request target (path and query); longer gets 414.
+    #[serde(default = "kib::<8>", deserialize_with = "values::size")]
+    pub max_request_target: u64,
+    /// Request header fields, names and values together; more gets 431.
+    #[serde(default = "kib::<32>", deserialize_with = "values::size")]
+    pub max_header_bytes: u64,
+    /// Number of request header fields; more gets 431.
+    #[serde(default = "hundred")]
+    pub max_headers: usize,
+    /// Request body; a larger Content-Length gets 413 before any of the body is read.
+    #[serde(default = "mib::<1024>", deserialize_with = "values::size")]
+    pub max_body: u64,
+    /// An origin response header larger than this is a 502 and is never stored.
+    #[serde(default = "kib::<64>", deserialize_with = "values::size")]
+    pub max_response_header_bytes: u64,
+    /// Multi-range requests with more ranges than this, or with overlapping ranges, get the
+    /// whole representation instead (RFC 9110 §14.2 allows ignoring Range).
+    #[serde(default = "sixteen")]
+    pub max_ranges: usize,
+    /// A client must send a whole request header within this time of its first byte (and a new
+    /// connection its first request), or the connection is closed.
+    #[serde(default = "secs::<10>", deserialize_with = "values::duration")]
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive client connection is kept.
+    #[serde(default = "secs::<60>", deserialize_with = "values::duration")]
+    pub keepalive_timeout: Duration,
+    /// Open connections one client IP may hold; further ones are closed at once.
+    #[serde(default = "conns")]
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every limit has a default")
+    }
+}
+
+fn kib<const N: u64>() -> u64 {
+    N << 10
+}
+fn hundred() -> usize {
+    100
+}
+fn sixteen() -> usize {
+    16
+}
+fn conns() -> usize {
+    256
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,6 +456,19 @@ impl Config {
         }
         if c.lock_timeout.is_zero() {
             return err("cache.lock_timeout", "must be greater than 0");
+        }
+        let l = &self.limits;
+        if l.max_headers == 0 || l.max_header_bytes < 1024 || l.max_request_target < 256 {
+            return err("limits", "max_headers must be at least 1, max_header_bytes at least 1KiB and max_request_target at least 256");
+        }
+        if l.max_headers > 256 || l.max_header_bytes > (1 << 20) {
+            return err("limits", "Pingora reads at most 256 header fields and 1MiB of header; keep max_headers and max_header_bytes within that");
+        }
+        if l.header_timeout.is_zero()
+            || l.keepalive_timeout.is_zero()
+            || l.max_connections_per_ip == 0
+        {
+            return err("limits", "header_timeout, keepalive_timeout and max_connections_per_ip must be greater than 0");
         }
         if self.routes.is_empty() {
             return err(

@@ -1,0 +1,367 @@
+//! Hostile input (issue 9 / shared/reference/hostile-input.md rows 6–14): raw-socket clients
+//! against the real binary and an origin that records every request it receives.
+
+mod common;
+
+use common::http::{Client, Origin, Reply, Request};
+use common::{simple_config, Shellac};
+use std::time::Duration;
+
+fn recorder(req: &Request) -> Reply {
+    Reply::ok(format!("{} {}", req.method, req.target)).header("Cache-Control", "max-age=60")
+}
+
+async fn start() -> (Origin, Shellac) {
+    let origin = Origin::start(recorder).await;
+    let shellac = Shellac::start(&format!(
+        "{}limits: {{max_body: 1MiB}}\n",
+        simple_config(&[&origin], "", ", cache: true")
+    ))
+    .await;
+    (origin, shellac)
+}
+
+/// Sends raw bytes; returns every response status read before the connection closed or went
+/// quiet, and whether it closed.
+async fn exchange(shellac: &Shellac, raw: &[u8]) -> (Vec<u16>, bool) {
+    let mut c = Client::connect(shellac.addr).await.unwrap();
+    c.send_raw(raw).await.unwrap();
+    let mut statuses = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(800), c.read_response(false)).await {
+            Ok(Ok(r)) => statuses.push(r.status),
+            Ok(Err(_)) => return (statuses, true),
+            Err(_) => return (statuses, c.is_closed(Duration::from_millis(10)).await),
+        }
+    }
+}
+
+fn smuggled(origin: &Origin) -> bool {
+    origin.requests().iter().any(|r| r.path().contains("admin"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row6_ambiguous_framing_is_refused_or_forwarded_once() {
+    let (origin, shellac) = start().await;
+    let vectors: &[(&str, &[u8])] = &[
+        ("CL+TE", b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ("TE.CL", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 30\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ("dup CL differing", b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabcGET /admin HTTP/1.1\r\nHost: t\r\n\r\n"),
+        ("CL +", b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc"),
+        ("CL empty", b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: \r\n\r\n"),
+        ("TE chunked, identity", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("TE xchunked", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("space before colon", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("leading space name", b"POST /a HTTP/1.1\r\nHost: t\r\n Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("TE \\x08", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \x08chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("obs-fold TE", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding:\r\n chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("obs-fold other", b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n 2\r\n\r\n"),
+        ("chunk size overflow", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFED\r\nabc\r\n0\r\n\r\n"),
+        ("chunk size -1", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n"),
+        ("chunk size 0x", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n"),
+        ("chunk missing CRLF", b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /admin HTTP/1.1\r\n\r\n"),
+        ("HTTP/1.0 + TE", b"POST /a HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("NUL in value", b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n"),
+        ("CR in value", b"GET /a HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n"),
+        ("space in name", b"GET /a HTTP/1.1\r\nHost: t\r\nX A: b\r\n\r\n"),
+        ("two Host", b"GET /a HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n"),
+        ("no Host", b"GET /a HTTP/1.1\r\n\r\n"),
+        ("absolute-form other host", b"GET http://evil.test/a HTTP/1.1\r\nHost: t\r\n\r\n"),
+    ];
+    for (name, raw) in vectors {
+        let before = origin.count();
+        let (statuses, closed) = exchange(&shellac, raw).await;
+        let reached = origin.count() - before;
+        let refused = statuses.first().is_some_and(|s| (400..500).contains(s)) && closed;
+        let forwarded_once = reached <= 1 && statuses.len() <= 1;
+        assert!(
+            refused || forwarded_once,
+            "{name}: statuses {statuses:?}, closed {closed}, origin saw {reached}"
+        );
+        assert!(
+            !smuggled(&origin),
+            "{name}: a smuggled request reached the origin"
+        );
+    }
+    // What did get through carries exactly one framing header and one Content-Length.
+    for r in origin.requests() {
+        let cl = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .count();
+        let te = r.header("transfer-encoding").is_some();
+        assert!(cl <= 1 && !(cl == 1 && te), "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row6_a_body_on_a_cached_get_never_becomes_a_second_request() {
+    let (origin, shellac) = start().await;
+    shellac.get("/hot").await;
+    let hidden = "GET /admin HTTP/1.1\r\nHost: test\r\n\r\n";
+    let smuggle = format!(
+        "GET /hot HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{hidden}",
+        hidden.len()
+    );
+    let mut c = Client::connect(shellac.addr).await.unwrap();
+    c.send_raw(smuggle.as_bytes()).await.unwrap();
+    // The hit is answered and the connection declared closed (the body is drained or dropped,
+    // never parsed); an unread body may also turn the close into a reset before the answer.
+    if let Ok(r) = c.read_response(false).await {
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("connection"),
+            Some("close"),
+            "a connection with an unread body must not be reused"
+        );
+        let next = tokio::time::timeout(Duration::from_millis(500), c.read_response(false)).await;
+        assert!(
+            !matches!(next, Ok(Ok(_))),
+            "the body was parsed as a second request"
+        );
+    }
+    assert!(!smuggled(&origin));
+    // Identical duplicated Content-Length reaches the origin as one canonical value.
+    let (statuses, _) = exchange(
+        &shellac,
+        b"POST /dup HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 03\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(statuses, [200]);
+    let r = origin
+        .requests()
+        .into_iter()
+        .find(|r| r.path() == "/dup")
+        .unwrap();
+    let cls: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cls, ["3"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row7_unkeyed_headers_never_reach_the_origin() {
+    let origin = Origin::start(|req| {
+        // A reflecting origin: it would build links from any of these.
+        let reflected: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                k.to_ascii_lowercase().starts_with('x') || k.eq_ignore_ascii_case("forwarded")
+            })
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        Reply::ok(reflected.join(";")).header("Cache-Control", "max-age=60")
+    })
+    .await;
+    let shellac = Shellac::start(&simple_config(&[&origin], "", ", cache: true")).await;
+    let poison = [
+        ("X-Forwarded-Host", "evil.test"),
+        ("X-Forwarded-Scheme", "nothttp"),
+        ("X-Forwarded-Port", "1337"),
+        ("X-Forwarded-Server", "evil"),
+        ("Forwarded", "host=evil.test"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-Host", "evil.test"),
+    ];
+    let r = shellac.request("GET", "/page", &poison).await;
+    let clean = shellac.get("/page").await;
+    for (k, _) in poison {
+        assert!(
+            origin.requests()[0].header(k).is_none(),
+            "{k} reached the origin"
+        );
+    }
+    assert!(
+        !clean.text().contains("evil") && !clean.text().contains("admin"),
+        "poisoned: {}",
+        clean.text()
+    );
+    assert_eq!(r.text(), clean.text());
+    // Host spellings that mean the same map to one key; other hosts never share it.
+    for host in ["T.example", "t.example:80", "t.example."] {
+        shellac.request("GET", "/h", &[("Host", host)]).await;
+    }
+    shellac.request("GET", "/h", &[("Host", "u.example")]).await;
+    assert_eq!(origin.count_path("/h"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row7_error_responses_are_not_stored() {
+    let origin = Origin::start(|req| {
+        if req.header("x-bad").is_some() {
+            Reply::new(400, "bad")
+        } else {
+            Reply::ok("good").header("Cache-Control", "max-age=60")
+        }
+    })
+    .await;
+    let shellac = Shellac::start(&simple_config(&[&origin], "", ", cache: true")).await;
+    assert_eq!(
+        shellac
+            .request("GET", "/cpdos", &[("X-Bad", "1")])
+            .await
+            .status,
+        400
+    );
+    assert_eq!(shellac.get("/cpdos").await.text(), "good");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row8_cache_deception_follows_response_headers_only() {
+    let origin = Origin::start(|req| {
+        let user = req.header("cookie").unwrap_or("anonymous").to_string();
+        if req.path().starts_with("/account") {
+            Reply::ok(format!("account of {user}")).header("Cache-Control", "private")
+        } else {
+            Reply::ok(format!("page for {user}")).header("Set-Cookie", "seen=1")
+        }
+    })
+    .await;
+    let shellac = Shellac::start(&simple_config(&[&origin], "", ", cache: true")).await;
+    for path in [
+        "/account/x.css",
+        "/account;x.css",
+        "/account%2fx.css",
+        "/account%3fx.css",
+        "/account/.css",
+        "/static/..%2faccount",
+        "/profile.css",
+    ] {
+        shellac.request("GET", path, &[("Cookie", "alice")]).await;
+        let r = shellac.get(path).await;
+        assert!(!r.text().contains("alice"), "{path} leaked: {}", r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row9_oversize_requests_and_responses() {
+    let origin = Origin::start(|req| {
+        if req.path() == "/big-header" {
+            Reply::ok("x")
+                .header("X-Huge", "h".repeat(70 * 1024))
+                .header("Cache-Control", "max-age=60")
+        } else {
+            Reply::ok(format!("{}", req.body.len()))
+        }
+    })
+    .await;
+    let shellac = Shellac::start(&format!(
+        "{}limits: {{max_body: 1MiB}}\n",
+        simple_config(&[&origin], "", ", cache: true")
+    ))
+    .await;
+    let long_target = format!("/{}", "a".repeat(9 * 1024));
+    let (s, closed) = exchange(
+        &shellac,
+        format!("GET {long_target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!((s.as_slice(), closed), (&[414][..], true));
+    let big = "v".repeat(40 * 1024);
+    let (s, _) = exchange(
+        &shellac,
+        format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, [431]);
+    let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
+    let (s, _) = exchange(
+        &shellac,
+        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, [431]);
+    let (s, closed) = exchange(
+        &shellac,
+        b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!((s.as_slice(), closed), (&[413][..], true));
+    // Chunked: refused once the running total passes the limit.
+    let mut c = Client::connect(shellac.addr).await.unwrap();
+    c.send_raw(b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = vec![b'z'; 256 * 1024];
+    for _ in 0..6 {
+        let mut part = format!("{:x}\r\n", chunk.len()).into_bytes();
+        part.extend_from_slice(&chunk);
+        part.extend_from_slice(b"\r\n");
+        if c.send_raw(&part).await.is_err() {
+            break;
+        }
+    }
+    let _ = c.send_raw(b"0\r\n\r\n").await;
+    // A refusal, or a close mid-upload.
+    if let Ok(r) = c.read_response(false).await {
+        assert_ne!(r.status, 200, "a 1.5 MiB chunked body passed a 1 MiB limit");
+    }
+    assert_eq!(
+        origin
+            .requests()
+            .iter()
+            .filter(|r| r.path() == "/up" && r.body.len() > 1 << 20)
+            .count(),
+        0
+    );
+    // An origin header over the limit: 502, and nothing is stored.
+    assert_eq!(shellac.get("/big-header").await.status, 502);
+    assert_eq!(shellac.get("/big-header").await.status, 502);
+    assert_eq!(origin.count_path("/big-header"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row14_ranges_are_capped_and_filled_once() {
+    let body = vec![b'r'; 100_000];
+    let b = body.clone();
+    let origin = Origin::start(move |_| {
+        Reply::ok(b.clone())
+            .header("Cache-Control", "max-age=60")
+            .delay(Duration::from_millis(200))
+    })
+    .await;
+    let shellac = Shellac::start(&simple_config(&[&origin], "", ", cache: true")).await;
+    // 50 concurrent single-byte ranges of an uncached object: one origin fill.
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let addr = shellac.addr;
+        tasks.push(tokio::spawn(async move {
+            common::http::request(addr, "GET", "/obj", &[("Range", "bytes=0-0")])
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.status == 206 || r.status == 200);
+    }
+    assert_eq!(origin.count(), 1);
+    let many: Vec<String> = (0..1000).map(|i| format!("{i}-{i}")).collect();
+    let r = shellac
+        .request(
+            "GET",
+            "/obj",
+            &[("Range", &format!("bytes={}", many.join(",")))],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, 100_000),
+        "1000 ranges: the whole object, not 1000 parts"
+    );
+    let r = shellac
+        .request("GET", "/obj", &[("Range", "bytes=0-50000,100-60000")])
+        .await;
+    assert_eq!(r.status, 200, "overlapping ranges are served whole");
+    let r = shellac.request("GET", "/obj", &[("Range", "bytes=")]).await;
+    assert!(r.status == 416 || r.status == 200);
+    assert!(r.body.len() <= body.len());
+    assert_eq!(origin.count(), 1);
+}
