@@ -16,8 +16,9 @@ pub fn check_request(req: &RequestHeader, limits: &Limits) -> Option<u16> {
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host (and not absolute-form) is a 400; without
     // it there is no authority to route or key on.
+    let absolute_form = req.uri.authority().is_some() || req.raw_path().starts_with(b"http://");
     if req.version == http::Version::HTTP_11
-        && req.uri.authority().is_none()
+        && !absolute_form
         && !req.headers.contains_key(http::header::HOST)
     {
         return Some(400);
