@@ -1,8 +1,11 @@
 //! The `ProxyHttp` implementation. Each hook is a few lines that call the module owning the
 //! concern; per-request facts live in [`Ctx`].
 
+use crate::access_log;
 use crate::forward;
 use crate::metrics;
+use crate::reload;
+use crate::request_id;
 use crate::route::{self, Router};
 use crate::upstream::Group;
 use async_trait::async_trait;
@@ -47,6 +50,10 @@ pub struct Ctx {
     failed: Vec<SocketAddr>,
     attempts: u32,
     upstream_status: u16,
+    /// `X-Request-Id`, set in `request_filter`.
+    pub request_id: String,
+    /// The access log's cache field; `-` until the cache sets it.
+    pub cache_status: &'static str,
 }
 
 impl Proxy {
@@ -85,11 +92,14 @@ impl ProxyHttp for Proxy {
             failed: Vec::new(),
             attempts: 0,
             upstream_status: 0,
+            request_id: String::new(),
+            cache_status: "-",
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
+        ctx.request_id = request_id::for_request(req);
         ctx.route = self.router.find(route::request_host(req), req.uri.path());
         if ctx.route.is_none() {
             session.respond_error(404).await?;
@@ -151,12 +161,13 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        request_id::forward(req, &ctx.request_id)?;
         forward::upstream_request(req, client)
     }
 
@@ -173,11 +184,13 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _s: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         resp.append_header(http::header::VIA, forward::VIA)?;
+        request_id::echo(resp, &ctx.request_id)?;
+        reload::close_when_draining(session);
         Ok(())
     }
 
@@ -195,5 +208,13 @@ impl ProxyHttp for Proxy {
                 s.record(ctx.upstream_status, at.elapsed());
             }
         }
+        let facts = access_log::Facts {
+            status,
+            started: ctx.started,
+            upstream: ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()),
+            cache_status: ctx.cache_status,
+            request_id: &ctx.request_id,
+        };
+        access_log::record(session, &facts);
     }
 }
