@@ -13,6 +13,13 @@ pub struct Admin;
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let (status, ctype, body) = match session.req_header().uri.path() {
+            // A draining process shares the admin socket with its successor; answering would
+            // let Prometheus see counters from both, which rate() misreads as resets.
+            "/metrics" if crate::reload::draining() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                b"draining: this process is being replaced\n".to_vec(),
+            ),
             "/metrics" => {
                 let mut body = Vec::with_capacity(16 * 1024);
                 match TextEncoder::new().encode(&prometheus::gather(), &mut body) {

@@ -24,7 +24,12 @@ pub fn build(opt: Opt, config: Config) -> Server {
         routes,
         cache,
         limits,
+        access_log,
     } = config;
+    if let Err(e) = crate::access_log::init(&access_log.target) {
+        eprintln!("shellac: access_log.target {:?}: {e}", access_log.target);
+        std::process::exit(1);
+    }
 
     let mut server = Server::new_with_opt_and_conf(opt, pingora);
     // Takes over the listening sockets of a running instance when started with -u.

@@ -12,7 +12,10 @@
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
 //! - [`admin`]: `/metrics` and `/healthz` on the admin listener.
 //! - [`metrics`]: every metric, declared in one place.
+//! - [`access_log`], [`request_id`]: one log line per request, and the id that ties logs together.
+//! - [`reload`]: `shellac reload`, signals, zero-downtime hand-over to a new process.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod cache;
@@ -22,5 +25,7 @@ pub mod forward;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
+pub mod request_id;
 pub mod route;
 pub mod upstream;

@@ -1,13 +1,21 @@
 //! `shellac -c FILE` runs the proxy; `-t` checks the config; `-d` daemonizes; `-u` takes over
 //! the listeners of a running instance. These are Pingora's own flags (`shellac --help`).
+//! `shellac reload -c FILE [-d]` validates FILE and replaces the running instance (see `reload`).
 
 use pingora::server::configuration::Opt;
 use shellac::config::Config;
+use shellac::reload;
 use std::process::exit;
 
 fn main() {
+    reload::ignore_sighup();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let mut opt = Opt::parse_args();
+    let mut args: Vec<String> = std::env::args().collect();
+    let reloading = args.get(1).is_some_and(|a| a == reload::SUBCOMMAND);
+    if reloading {
+        args.remove(1);
+    }
+    let mut opt = Opt::parse_from_args(args);
     // Our file is not Pingora's: take it out so Pingora does not try to read it too.
     let Some(path) = opt.conf.take() else {
         eprintln!("shellac: no configuration given; run `shellac -c conf/shellac.yaml`");
@@ -24,5 +32,15 @@ fn main() {
         println!("shellac: {path}: configuration OK");
         return;
     }
-    shellac::app::build(opt, config).run_forever();
+    let takeover = reloading.then(|| {
+        reload::prepare(&mut opt, &config).unwrap_or_else(|e| {
+            eprintln!("shellac reload: {e}");
+            exit(1);
+        })
+    });
+    let server = shellac::app::build(opt, config);
+    if let Some(t) = takeover {
+        t.finish();
+    }
+    reload::run(server, path);
 }

@@ -69,6 +69,23 @@ pub static OPEN_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     .unwrap()
 });
 
+pub static ACCESS_LOG_LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_access_log_lines_total",
+        "Access-log lines by result: `written`, `dropped` (queue full: the disk is too slow), `failed` (write error)",
+        &["result"]
+    )
+    .unwrap()
+});
+
+pub static START_TIME: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "shellac_start_time_seconds",
+        "Unix time this process started; changes on every reload, which is when counters restart at 0"
+    )
+    .unwrap()
+});
+
 /// The label for a status code's class; `none` for 0 (no response written).
 pub fn status_class(code: u16) -> &'static str {
     match code {
@@ -96,6 +113,14 @@ pub fn init() {
     LazyLock::force(&CACHE_EVICTIONS);
     LazyLock::force(&CACHE_NOT_STORED);
     LazyLock::force(&CACHE_PURGES);
+    for result in ["written", "dropped", "failed"] {
+        ACCESS_LOG_LINES.with_label_values(&[result]);
+    }
+    START_TIME.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    );
 }
 
 // --- cache ---------------------------------------------------------------------------------

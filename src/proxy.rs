@@ -1,11 +1,14 @@
 //! The `ProxyHttp` implementation. Each hook is a few lines that call the module owning the
 //! concern; per-request facts live in [`Ctx`].
 
+use crate::access_log;
 use crate::cache::{Cache, CacheCtx};
 use crate::config::Limits;
 use crate::forward;
 use crate::limits;
 use crate::metrics;
+use crate::reload;
+use crate::request_id;
 use crate::route::{self, Router};
 use crate::upstream::Group;
 use async_trait::async_trait;
@@ -58,6 +61,10 @@ pub struct Ctx {
     /// Request body bytes seen so far (for bodies without Content-Length).
     body_bytes: u64,
     cache: CacheCtx,
+    /// `X-Request-Id`, set in `request_filter`.
+    pub request_id: String,
+    /// The access log's cache field; `-` until the cache sets it.
+    pub cache_status: &'static str,
 }
 
 impl Proxy {
@@ -115,10 +122,13 @@ impl ProxyHttp for Proxy {
             upstream_status: 0,
             body_bytes: 0,
             cache: CacheCtx::default(),
+            request_id: String::new(),
+            cache_status: "-",
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = request_id::for_request(session.req_header());
         if let Some(code) = limits::check_request(session.req_header(), &self.limits) {
             return refuse(session, code).await;
         }
@@ -288,6 +298,7 @@ impl ProxyHttp for Proxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        request_id::forward(req, &ctx.request_id)?;
         forward::upstream_request(req, client)
     }
 
@@ -318,9 +329,12 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.cache
-            .respond(session, resp, &mut ctx.cache, ctx.upstream_status)?;
+        ctx.cache_status =
+            self.cache
+                .respond(session, resp, &mut ctx.cache, ctx.upstream_status)?;
         resp.append_header(http::header::VIA, forward::VIA)?;
+        request_id::echo(resp, &ctx.request_id)?;
+        reload::close_when_draining(session);
         Ok(())
     }
 
@@ -353,5 +367,13 @@ impl ProxyHttp for Proxy {
                 s.record(ctx.upstream_status, at.elapsed());
             }
         }
+        let facts = access_log::Facts {
+            status,
+            started: ctx.started,
+            upstream: ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()),
+            cache_status: ctx.cache_status,
+            request_id: &ctx.request_id,
+        };
+        access_log::record(session, &facts);
     }
 }

@@ -216,7 +216,7 @@ impl Cache {
         resp: &mut ResponseHeader,
         cx: &mut CacheCtx,
         upstream_status: u16,
-    ) -> Result<()> {
+    ) -> Result<&'static str> {
         if !cx.enabled {
             // RFC 9211 `fwd=method`: a method whose responses are never reused; `bypass`: the
             // route does not cache.
@@ -228,8 +228,9 @@ impl Cache {
             resp.insert_header("cache-status", why)?;
             if cx.route_caches {
                 metrics::CACHE_LOOKUPS.with_label_values(&["pass"]).inc();
+                return Ok("pass");
             }
-            return Ok(());
+            return Ok("-");
         }
         let now = SystemTime::now();
         let phase = session.cache.phase();
@@ -315,7 +316,7 @@ impl Cache {
         };
         metrics::CACHE_LOOKUPS.with_label_values(&[result]).inc();
         resp.insert_header("cache-status", status)?;
-        Ok(())
+        Ok(result)
     }
 
     /// A `PURGE` on the public listener: allowed by TCP peer address only (a forwarded-for

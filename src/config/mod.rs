@@ -33,6 +33,8 @@ pub struct Config {
     pub cache: Cache,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub access_log: AccessLog,
 }
 
 /// Bounds on what one client or one origin can make Shellac read or hold.
@@ -165,6 +167,46 @@ fn loopback() -> Vec<Cidr> {
         Cidr::parse("127.0.0.1/32").unwrap(),
         Cidr::parse("::1/128").unwrap(),
     ]
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    #[serde(default)]
+    pub target: LogTarget,
+}
+
+/// Where access-log lines go: `off`, `stderr`, or an absolute file path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LogTarget {
+    #[default]
+    Off,
+    Stderr,
+    File(std::path::PathBuf),
+}
+
+impl<'de> Deserialize<'de> for LogTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor, so that serde_yaml's error names `access_log.target`.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = LogTarget;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("off, stderr or an absolute file path")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<LogTarget, E> {
+                match s {
+                    "off" => Ok(LogTarget::Off),
+                    "stderr" => Ok(LogTarget::Stderr),
+                    p if p.starts_with('/') => Ok(LogTarget::File(p.into())),
+                    _ => Err(E::custom(format!(
+                        "{s:?} is not a log target; write off, stderr or an absolute path like /var/log/shellac/access.log"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -537,6 +579,28 @@ routes:
         assert_eq!(app.connect_timeout, Duration::from_millis(250));
         assert_eq!(app.read_timeout, Duration::from_secs(30));
         assert_eq!(c.admin.purge_allow.len(), 2);
+        assert_eq!(c.access_log.target, LogTarget::Off);
+    }
+
+    #[test]
+    fn access_log_targets() {
+        let c = Config::parse(&format!("{GOOD}access_log: {{target: /var/log/a.log}}\n")).unwrap();
+        assert_eq!(
+            c.access_log.target,
+            LogTarget::File("/var/log/a.log".into())
+        );
+        let c = Config::parse(&format!("{GOOD}access_log: {{target: stderr}}\n")).unwrap();
+        assert_eq!(c.access_log.target, LogTarget::Stderr);
+        let e = error_of(&format!("{GOOD}access_log: {{target: logs/a.log}}\n"));
+        assert!(
+            e.contains("access_log.target") && e.contains("absolute path"),
+            "{e}"
+        );
+        let e = error_of(&format!("{GOOD}access_log: {{taget: off}}\n"));
+        assert!(
+            e.contains("access_log") && e.contains("unknown field `taget`"),
+            "{e}"
+        );
     }
 
     fn error_of(yaml: &str) -> String {

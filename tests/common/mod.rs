@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod load;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -74,11 +75,16 @@ impl Shellac {
     /// starts the binary, waiting until both listeners answer. `{LISTEN}`/`{ADMIN}` in `body`
     /// are replaced with the chosen addresses; `admin:` is added unless `body` has one.
     pub async fn start(body: &str) -> Shellac {
+        Self::start_with_grace(body, 1).await
+    }
+
+    /// As [`Shellac::start`], with `pingora.grace_period_seconds` set to `grace`.
+    pub async fn start_with_grace(body: &str, grace: u64) -> Shellac {
         let dir = temp_dir();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.join("shellac.yaml");
-        std::fs::write(&config_path, Self::render(body, &dir, addr, admin)).unwrap();
+        std::fs::write(&config_path, Self::render(body, &dir, addr, admin, grace)).unwrap();
         let mut s = Shellac {
             child: Self::spawn(&config_path, &dir, &[]),
             addr,
@@ -95,9 +101,10 @@ impl Shellac {
         dir: &std::path::Path,
         addr: SocketAddr,
         admin: SocketAddr,
+        grace: u64,
     ) -> String {
         let mut yaml = format!(
-            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"{addr}\"]\n",
+            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"{addr}\"]\n",
             d = dir.display()
         );
         if !body.contains("admin:") {
@@ -106,15 +113,27 @@ impl Shellac {
         yaml.push_str(body);
         yaml.replace("{LISTEN}", &addr.to_string())
             .replace("{ADMIN}", &admin.to_string())
+            .replace("{DIR}", &dir.display().to_string())
     }
 
     fn spawn(config: &std::path::Path, dir: &std::path::Path, extra: &[&str]) -> Child {
+        Self::spawn_args(dir, &[], config, extra)
+    }
+
+    /// `shellac [before…] -c config [extra…]`, logging to the test's shellac.log.
+    fn spawn_args(
+        dir: &std::path::Path,
+        before: &[&str],
+        config: &std::path::Path,
+        extra: &[&str],
+    ) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("shellac.log"))
             .unwrap();
         Command::new(BIN)
+            .args(before)
             .arg("-c")
             .arg(config)
             .args(extra)
@@ -149,6 +168,53 @@ impl Shellac {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("shellac.pid")
+    }
+
+    /// Starts `shellac reload -c config` without waiting for it.
+    pub fn spawn_reload(&self, config: &std::path::Path) -> Child {
+        Self::spawn_args(&self.dir, &["reload"], config, &[])
+    }
+
+    /// Reloads with `self.config_path` and waits until the new process has taken the sockets
+    /// over (it writes the pid file right after); the new process becomes `self`, the old one is
+    /// returned, still draining.
+    pub async fn reload(&mut self) -> Exiting {
+        let started = Instant::now();
+        let mut new = self.spawn_reload(&self.config_path);
+        let deadline = started + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = new.try_wait() {
+                panic!("shellac reload exited ({status}):\n{}", self.log());
+            }
+            let pid = std::fs::read_to_string(self.pid_file()).unwrap_or_default();
+            if pid.trim() == new.id().to_string() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reload did not take over in 15 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Exiting {
+            child: std::mem::replace(&mut self.child, new),
+            since: started,
+        }
+    }
+
+    /// Sends `sig` to the current process (by the pid this harness started).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn log(&self) -> String {
@@ -210,6 +276,48 @@ impl Drop for Shellac {
         if std::thread::panicking() {
             eprintln!("--- shellac log ---\n{}", self.log());
         }
+    }
+}
+
+/// A process that was replaced by a reload and is draining; killed if dropped while alive.
+pub struct Exiting {
+    pub child: Child,
+    /// When the reload that replaced it started.
+    pub since: Instant,
+}
+
+impl Exiting {
+    /// Waits up to `limit` after the reload started; returns how long after it the process
+    /// exited, and its exit code.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<(Duration, Option<i32>)> {
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some((self.since.elapsed(), status.code()));
+            }
+            if self.since.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// [`Exiting::exited_within`] in a background task, so exits are timed as they happen.
+    pub fn watch(
+        mut self,
+        limit: Duration,
+    ) -> tokio::task::JoinHandle<Option<(Duration, Option<i32>)>> {
+        tokio::spawn(async move { self.exited_within(limit).await })
+    }
+}
+
+impl Drop for Exiting {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
