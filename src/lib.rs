@@ -10,9 +10,11 @@
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
 //! - [`admin`]: `/metrics` and `/healthz` on the admin listener.
 //! - [`metrics`]: every metric, declared in one place.
+//! - [`cache`]: cache storage; [`cache::memcached`] is the fleet-shared L2 in memcached.
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod forward;
