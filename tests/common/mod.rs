@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod memcached;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
