@@ -479,3 +479,27 @@ async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn concurrent_fills_never_mix() {
+    let m = Memcached::start();
+    let s = storage(&[m.addr], |s| s.chunk_size = 64 * 1024);
+    let key = CacheKey::new("racy", "");
+    let (a, b) = (body(300_000, 11), body(300_000, 12));
+    let fresh = || meta(Some(300_000), Duration::from_secs(60));
+    let mut wa = s.get_miss_handler(&key, &fresh(), &span()).await.unwrap();
+    let mut wb = s.get_miss_handler(&key, &fresh(), &span()).await.unwrap();
+    // Interleave the two fills chunk by chunk, then commit a first and b last.
+    for (i, (pa, pb)) in a.chunks(50_000).zip(b.chunks(50_000)).enumerate() {
+        let eof = i == 5;
+        wa.write_body(pa.to_vec().into(), eof).await.unwrap();
+        wb.write_body(pb.to_vec().into(), eof).await.unwrap();
+    }
+    wa.finish().await.unwrap();
+    assert!(get(s, &key).await.unwrap().1 == a, "first commit readable");
+    wb.finish().await.unwrap();
+    assert!(
+        get(s, &key).await.unwrap().1 == b,
+        "last commit wins, whole"
+    );
+}

@@ -398,12 +398,17 @@ mod tests {
             }
             if let Ok(h) = decode_head(Bytes::from(v.clone())) {
                 accepted_mutants += 1;
+                assert_eq!(h.encode(), v, "a decoded head re-encodes to the same bytes");
+                let _ = pingora::cache::CacheMeta::deserialize(&h.internal, &h.header);
                 // Whatever decodes must be self-consistent.
                 if let Body::Inline(b) = &h.body {
                     assert_eq!(b.len(), h.body_len);
                 }
                 assert!(u64::from(h.n_chunks()) <= MAX_CHUNKS);
             }
+            // The meta blobs come from the same hostile bytes on a real lookup.
+            let split = (next(&mut rng) as usize) % (v.len() + 1);
+            let _ = pingora::cache::CacheMeta::deserialize(&v[..split], &v[split..]);
             let _ = decode_chunk(Bytes::from(v), 7, 0, 5);
         }
         // Only the "recomputed CRC" mutants can decode, and only when they hit a field with no

@@ -22,7 +22,7 @@ pub(super) struct McMiss {
     internal: Vec<u8>,
     header: Vec<u8>,
     /// The origin's Content-Length, if any; the stored body must match it.
-    declared_len: Option<usize>,
+    pub(super) declared_len: Option<usize>,
     needs_length: bool,
     head_ttl: u32,
     chunk_ttl: u32,
@@ -172,6 +172,8 @@ impl HandleMiss for McMiss {
         Ok(())
     }
 
+    /// Waits for every chunk, then commits the head. The size reported is what was stored in
+    /// memcached: the head item plus the chunked body bytes.
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         if self.failed {
             return Err(self.fail("write already failed"));

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use entry::{Body, Head};
 use memcache::exp::{AsyncMetaClient, Get, Meta, MutationStatus, Ttl};
 use pingora::cache::key::CacheHashKey;
-use pingora::cache::storage::{HandleHit, HandleMiss, MissHandler, PurgeType};
+use pingora::cache::storage::{MissHandler, PurgeType};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{
     CacheEntryKey, CacheKey, CacheMeta, HitHandler, PurgeOutcome, PurgeTarget, Storage,
@@ -661,9 +661,17 @@ impl Storage for MemcachedStorage {
         }
         let (internal, header) = meta.serialize()?;
         let (head_ttl, chunk_ttl) = self.ttls(meta);
-        Ok(Box::new(miss::McMiss::new(
-            self, hex, meta, internal, header, head_ttl, chunk_ttl,
-        )))
+        let miss = miss::McMiss::new(self, hex, meta, internal, header, head_ttl, chunk_ttl);
+        if miss
+            .declared_len
+            .is_some_and(|n| n > self.settings.max_object)
+        {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "Content-Length above memcached max_object; not caching",
+            );
+        }
+        Ok(Box::new(miss))
     }
 
     async fn purge(
@@ -730,14 +738,4 @@ impl Storage for MemcachedStorage {
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
-}
-
-// Keep the trait objects' bounds checked here, where a regression would be noticed first.
-#[allow(dead_code)]
-fn assert_handler_bounds() {
-    fn is<T: Send + Sync + 'static>() {}
-    is::<hit::McHit>();
-    is::<miss::McMiss>();
-    let _: Option<&dyn HandleHit> = None;
-    let _: Option<&dyn HandleMiss> = None;
 }
