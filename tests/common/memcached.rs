@@ -78,8 +78,28 @@ impl Memcached {
     }
 
     /// Hangs it (SIGSTOP): connections are still accepted by the kernel, nothing answers.
+    /// Returns once every thread is stopped: SIGSTOP is delivered asynchronously, and a worker
+    /// still running could answer one more request.
     pub fn pause(&self) {
         self.signal("-STOP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.all_threads_stopped() {
+            assert!(Instant::now() < deadline, "memcached did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                // The state follows the parenthesised command name.
+                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(false)
+        })
     }
 
     pub fn resume(&self) {
@@ -136,24 +156,40 @@ impl Memcached {
         Self::line(&mut r) == "HD"
     }
 
-    /// Every key stored (via the LRU crawler), sorted.
+    /// Every key stored (via the LRU crawler), sorted. The crawler answers `BUSY` while its
+    /// background pass runs, so that is retried.
     pub fn keys(&self) -> Vec<String> {
-        let mut r = self.conn();
-        r.get_mut()
-            .write_all(b"lru_crawler metadump all\r\n")
-            .unwrap();
-        let mut keys = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let l = Self::line(&mut r);
-            if l == "END" || l.is_empty() {
-                break;
+            let mut r = self.conn();
+            r.get_mut()
+                .write_all(b"lru_crawler metadump all\r\n")
+                .unwrap();
+            let mut keys = Vec::new();
+            let mut busy = None;
+            loop {
+                let l = Self::line(&mut r);
+                if l == "END" || l.is_empty() {
+                    break;
+                }
+                if let Some(k) = l.strip_prefix("key=") {
+                    keys.push(percent_decode(k.split(' ').next().unwrap_or("")));
+                } else {
+                    busy = Some(l);
+                    break;
+                }
             }
-            if let Some(k) = l.strip_prefix("key=") {
-                keys.push(percent_decode(k.split(' ').next().unwrap_or("")));
+            match busy {
+                None => {
+                    keys.sort();
+                    return keys;
+                }
+                Some(l) => {
+                    assert!(Instant::now() < deadline, "metadump: {l}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
-        keys.sort();
-        keys
     }
 
     /// A counter from `stats`.
