@@ -14,6 +14,7 @@
 //! - [`metrics`]: every metric, declared in one place.
 //! - [`access_log`], [`request_id`]: one log line per request, and the id that ties logs together.
 //! - [`reload`]: `shellac reload`, signals, zero-downtime hand-over to a new process.
+//! - [`cache`]: cache storage; [`cache::memcached`] is the fleet-shared L2 in memcached.
 
 pub mod access_log;
 pub mod admin;

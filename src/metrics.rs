@@ -183,3 +183,75 @@ pub static CACHE_PURGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+// --- memcached (L2 cache storage) ---------------------------------------------------------
+// The `server` label is a configured memcached address and `op` a fixed name from
+// `cache::memcached`, so these series are bounded by the config too.
+
+fn memcached_buckets() -> Vec<f64> {
+    // 50 µs … ~1.6 s: a LAN exchange sits at the low end; the top covers any sane timeout.
+    exponential_buckets(0.00005, 2.0, 16).unwrap()
+}
+
+pub static L2_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_l2_lookups_total",
+        "memcached lookups by result: hit, miss, error (memcached failed or its breaker is open), corrupt (undecodable head or chunk), incomplete (a chunk was evicted)",
+        &["result"]
+    )
+    .unwrap()
+});
+
+pub static MEMCACHED_READ_BYTES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "shellac_memcached_read_bytes_total",
+        "Bytes of item values read from memcached (heads and chunks)"
+    )
+    .unwrap()
+});
+
+pub static MEMCACHED_WRITTEN_BYTES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "shellac_memcached_written_bytes_total",
+        "Bytes of item values written to memcached (heads and chunks)"
+    )
+    .unwrap()
+});
+
+pub static MEMCACHED_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_memcached_errors_total",
+        "Failed memcached exchanges by operation and server (timeouts, I/O and protocol errors, server errors, breaker rejections)",
+        &["op", "server"]
+    )
+    .unwrap()
+});
+
+pub static MEMCACHED_EXCHANGE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "shellac_memcached_exchange_seconds",
+        "Duration of one memcached exchange (a command or a pipelined batch), by operation",
+        &["op"],
+        memcached_buckets()
+    )
+    .unwrap()
+});
+
+pub static MEMCACHED_BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "shellac_memcached_breaker_state",
+        "Circuit breaker per memcached server: 0 closed (in use), 1 open (skipped), 2 half-open (one probe allowed)",
+        &["server"]
+    )
+    .unwrap()
+});
+
+/// Make the memcached metrics exist at start-up (call when the memcached tier is configured).
+pub fn init_memcached() {
+    LazyLock::force(&L2_LOOKUPS);
+    LazyLock::force(&MEMCACHED_READ_BYTES);
+    LazyLock::force(&MEMCACHED_WRITTEN_BYTES);
+    LazyLock::force(&MEMCACHED_ERRORS);
+    LazyLock::force(&MEMCACHED_EXCHANGE_DURATION);
+    LazyLock::force(&MEMCACHED_BREAKER_STATE);
+}

@@ -3,6 +3,7 @@
 //! machine and reports each outcome in `Cache-Status` (RFC 9211), `Age` and metrics.
 
 pub mod key;
+pub mod memcached;
 pub mod memory;
 pub mod policy;
 mod vary;

@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod load;
+pub mod memcached;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

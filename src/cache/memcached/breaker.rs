@@ -1,0 +1,250 @@
+//! Key routing and a circuit breaker per memcached server.
+//!
+//! Routing must be identical in every node and every build, or nodes stop finding each other's
+//! entries: it is rendezvous hashing over FNV-1a (a fixed, documented function), never Rust's
+//! `DefaultHasher`, whose output may change between compiler releases.
+
+use crate::metrics;
+use memcache::exp::Router;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+/// SplitMix64's finalizer: FNV's low bits are weak, and rendezvous compares whole scores.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The server for `key`: the highest score of FNV-1a(server identity, 0xff, key). Adding or
+/// removing a server moves only that server's keys, and list order does not matter.
+pub fn route(key: &[u8], servers: &[String]) -> usize {
+    let mut best = (0, 0u64);
+    for (i, server) in servers.iter().enumerate() {
+        let h = fnv1a(fnv1a(FNV_OFFSET, server.as_bytes()), &[0xff]);
+        let score = mix(fnv1a(h, key));
+        if i == 0 || score > best.1 {
+            best = (i, score);
+        }
+    }
+    best.0
+}
+
+/// [`route`] as a memcache client router, so the client and the breaker agree on the server.
+pub struct StableRendezvous;
+
+impl Router for StableRendezvous {
+    fn route(&self, key: &[u8], servers: &[String]) -> usize {
+        route(key, servers)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe was let through at `since`; everyone else still fails fast.
+    HalfOpen {
+        since: Instant,
+    },
+}
+
+/// Per-server breaker. Policy: `failures_to_open` consecutive failed exchanges open it; while
+/// open every exchange for that server fails at once; after `open_for` one probe exchange is let
+/// through (half-open): success closes it, failure reopens it for another `open_for`. A probe
+/// that never reports (its future was dropped) is replaced after `open_for`.
+pub struct Breakers {
+    servers: Vec<(String, Mutex<State>)>,
+    failures_to_open: u32,
+    open_for: Duration,
+}
+
+impl Breakers {
+    pub fn new(labels: &[String], failures_to_open: u32, open_for: Duration) -> Self {
+        Breakers {
+            servers: labels
+                .iter()
+                .map(|l| (l.clone(), Mutex::new(State::Closed { failures: 0 })))
+                .collect(),
+            failures_to_open: failures_to_open.max(1),
+            open_for,
+        }
+    }
+
+    fn set(&self, server: usize, state: State) {
+        if let Some((label, cell)) = self.servers.get(server) {
+            if let Ok(mut s) = cell.lock() {
+                *s = state;
+            }
+            publish(label, state);
+        }
+    }
+
+    /// Whether an exchange with `server` may start now.
+    pub fn admit(&self, server: usize) -> bool {
+        let Some((label, cell)) = self.servers.get(server) else {
+            return false;
+        };
+        let now = Instant::now();
+        let Ok(mut s) = cell.lock() else {
+            return true;
+        };
+        let (admit, next) = match *s {
+            State::Closed { .. } => (true, None),
+            State::Open { until } if now >= until => (true, Some(State::HalfOpen { since: now })),
+            State::Open { .. } => (false, None),
+            State::HalfOpen { since } if now.duration_since(since) >= self.open_for => {
+                (true, Some(State::HalfOpen { since: now }))
+            }
+            State::HalfOpen { .. } => (false, None),
+        };
+        if let Some(next) = next {
+            *s = next;
+            drop(s);
+            publish(label, next);
+        }
+        admit
+    }
+
+    pub fn success(&self, server: usize) {
+        let changed = match self.servers.get(server).and_then(|(_, c)| c.lock().ok()) {
+            Some(s) => !matches!(*s, State::Closed { failures: 0 }),
+            None => false,
+        };
+        if changed {
+            self.set(server, State::Closed { failures: 0 });
+        }
+    }
+
+    pub fn failure(&self, server: usize) {
+        let Some((label, cell)) = self.servers.get(server) else {
+            return;
+        };
+        let now = Instant::now();
+        let Ok(mut s) = cell.lock() else {
+            return;
+        };
+        let next = match *s {
+            State::Closed { failures } if failures + 1 < self.failures_to_open => State::Closed {
+                failures: failures + 1,
+            },
+            State::Closed { .. } | State::HalfOpen { .. } => {
+                log::warn!(
+                    "memcached {label}: circuit breaker open for {:?} after failures",
+                    self.open_for
+                );
+                State::Open {
+                    until: now + self.open_for,
+                }
+            }
+            open @ State::Open { .. } => open,
+        };
+        *s = next;
+        drop(s);
+        publish(label, next);
+    }
+
+    pub fn state(&self, server: usize) -> Option<BreakerState> {
+        let (_, cell) = self.servers.get(server)?;
+        let s = *cell.lock().ok()?;
+        Some(match s {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        })
+    }
+}
+
+fn publish(label: &str, state: State) {
+    let v = match state {
+        State::Closed { .. } => 0,
+        State::Open { .. } => 1,
+        State::HalfOpen { .. } => 2,
+    };
+    metrics::MEMCACHED_BREAKER_STATE
+        .with_label_values(&[label])
+        .set(v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_is_pinned() {
+        // The cross-build contract (cross-checked with an independent Python FNV-1a/SplitMix64
+        // implementation): a change here strands every stored entry.
+        let servers: Vec<String> = ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let got: Vec<usize> = (0..12)
+            .map(|i| route(format!("shellac1:h:{i:032x}").as_bytes(), &servers))
+            .collect();
+        assert_eq!(got, PINNED);
+        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    const PINNED: [usize; 12] = [0, 0, 0, 2, 0, 1, 1, 1, 1, 2, 0, 1];
+
+    #[test]
+    fn routing_balances_and_ignores_order() {
+        let servers: Vec<String> = (0..4).map(|i| format!("10.0.0.{i}:11211")).collect();
+        let mut reversed = servers.clone();
+        reversed.reverse();
+        let mut counts = [0; 4];
+        for i in 0..4000 {
+            let k = format!("shellac1:h:{i:032x}");
+            let a = route(k.as_bytes(), &servers);
+            counts[a] += 1;
+            assert_eq!(servers[a], reversed[route(k.as_bytes(), &reversed)]);
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    #[test]
+    fn breaker_opens_fails_fast_then_probes_once() {
+        let b = Breakers::new(&["s".into()], 3, Duration::from_millis(50));
+        for _ in 0..2 {
+            b.failure(0);
+            assert!(b.admit(0));
+        }
+        b.failure(0);
+        assert_eq!(b.state(0), Some(BreakerState::Open));
+        assert!(!b.admit(0));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.admit(0), "one probe after open_for");
+        assert!(!b.admit(0), "only one probe");
+        b.failure(0);
+        assert!(!b.admit(0), "failed probe reopens");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.admit(0));
+        b.success(0);
+        assert_eq!(b.state(0), Some(BreakerState::Closed));
+        assert!(b.admit(0) && b.admit(0));
+    }
+}

@@ -1,0 +1,367 @@
+//! Talking to memcached: the lazily built client, one bounded and breaker-gated exchange at a
+//! time, and the item-level operations the storage is built from.
+
+use super::breaker::{self, StableRendezvous};
+use super::entry::{self, Body, Head};
+use super::MemcachedStorage;
+use crate::metrics;
+use bytes::Bytes;
+use memcache::exp::{AsyncMetaClient, Get, Meta, MutationStatus, Ttl};
+use pingora::{Error, ErrorType};
+use std::future::Future;
+use std::time::Instant;
+
+/// Why a memcached operation failed (internal; surfaces to Pingora as an `InternalError`).
+#[derive(Debug)]
+pub(crate) enum McError {
+    BreakerOpen,
+    Timeout,
+    Client(memcache::exp::Error),
+    /// An item that must exist (a chunk of a committed head) does not.
+    Missing,
+    Corrupt(entry::DecodeError),
+    /// Our own invariant failed (size limit, length mismatch, aborted task).
+    Invalid(&'static str),
+}
+
+impl std::fmt::Display for McError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            McError::BreakerOpen => f.write_str("circuit breaker open"),
+            McError::Timeout => f.write_str("timed out"),
+            McError::Client(e) => write!(f, "{e}"),
+            McError::Missing => f.write_str("item missing"),
+            McError::Corrupt(e) => write!(f, "corrupt item: {e}"),
+            McError::Invalid(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for McError {}
+
+impl McError {
+    pub(super) fn into_pingora(self, context: &'static str) -> Box<Error> {
+        Error::because(ErrorType::InternalError, context, self)
+    }
+}
+
+/// Transport-level failures say the server is unhealthy; answers like "object too large" or a
+/// CAS mismatch come from a healthy server and must not trip its breaker.
+fn is_transport(e: &memcache::exp::Error) -> bool {
+    use memcache::exp::Error as E;
+    match e {
+        // memcached may answer a too-large value after the client wrote it all; that arrives
+        // as Ambiguous around a Server error, and the server is fine.
+        E::Ambiguous { source, .. } => is_transport(source),
+        E::Io(_) | E::Timeout { .. } | E::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+impl MemcachedStorage {
+    pub(super) fn builder(&self) -> memcache::exp::MetaClientBuilder {
+        AsyncMetaClient::builder()
+            .router(StableRendezvous)
+            .io_timeout(Some(self.settings.timeout))
+            .connect_timeout(Some(self.settings.timeout))
+            .max_idle(32)
+    }
+
+    pub(super) async fn client(&self) -> std::result::Result<&AsyncMetaClient, McError> {
+        self.client
+            .get_or_try_init(|| {
+                self.builder()
+                    .connect_multiple_async(self.settings.servers.iter().copied())
+            })
+            .await
+            .map_err(McError::Client)
+    }
+
+    /// Checks every server with a client of its own (so no pooled connection is tied to the
+    /// caller's runtime): a no-op round trip, then a store and delete of a full-size chunk,
+    /// which fails if `chunk_size` does not fit the server's item size limit (`-I`). Meant for
+    /// start-up, from a background service; it does not touch the breakers.
+    pub async fn probe(&self) -> std::result::Result<(), String> {
+        let client = self
+            .builder()
+            .connect_multiple_async(self.settings.servers.iter().copied())
+            .await
+            .map_err(|e| format!("memcached: {e}"))?;
+        let value = vec![0x5a; self.settings.chunk_size + entry::CHUNK_HEADER_LEN];
+        let mut covered = vec![false; self.ids.len()];
+        // Rendezvous decides where a key goes, so try names until each server got one.
+        for n in 0..10_000u32 {
+            if covered.iter().all(|c| *c) {
+                break;
+            }
+            let key = format!("{}:probe:{n}", self.settings.namespace);
+            let server = breaker::route(key.as_bytes(), &self.ids);
+            if covered[server] {
+                continue;
+            }
+            let addr = &self.ids[server];
+            let t = self.settings.timeout * 4;
+            let run = async {
+                client.noop().await?;
+                client.set(&key, &value).ttl(Ttl::secs(10)).send().await?;
+                client.delete(&key).send().await?;
+                Ok::<_, memcache::exp::Error>(())
+            };
+            match tokio::time::timeout(t, run).await {
+                Ok(Ok(())) => covered[server] = true,
+                Ok(Err(e)) => return Err(format!(
+                    "memcached {addr}: {e} (storing a {} byte chunk; is chunk_size below the server's -I item size limit?)",
+                    value.len()
+                )),
+                Err(_) => return Err(format!("memcached {addr}: no answer within {t:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn server_of(&self, key: &str) -> usize {
+        breaker::route(key.as_bytes(), &self.ids)
+    }
+
+    pub(super) fn label(&self, server: usize) -> &str {
+        self.ids.get(server).map(String::as_str).unwrap_or("?")
+    }
+
+    /// One exchange with the servers holding `keys`: refused at once if any of their breakers
+    /// is open, bounded by `timeout`, timed, and reported to the breakers.
+    ///
+    /// `outcome` classifies a finished exchange per key index: `Some(true)` ok, `Some(false)`
+    /// transport failure of that key's server, `None` no information.
+    pub(super) async fn exchange<T, F>(
+        &self,
+        op: &'static str,
+        keys: &[&str],
+        fut: F,
+        outcome: impl Fn(&T) -> Vec<Option<bool>>,
+    ) -> std::result::Result<T, McError>
+    where
+        F: Future<Output = memcache::exp::Result<T>>,
+    {
+        let mut servers: Vec<usize> = keys.iter().map(|k| self.server_of(k)).collect();
+        servers.sort_unstable();
+        servers.dedup();
+        for &s in &servers {
+            if !self.breakers.admit(s) {
+                metrics::MEMCACHED_ERRORS
+                    .with_label_values(&[op, self.label(s)])
+                    .inc();
+                return Err(McError::BreakerOpen);
+            }
+        }
+        let start = Instant::now();
+        let result = tokio::time::timeout(self.settings.timeout, fut).await;
+        metrics::MEMCACHED_EXCHANGE_DURATION
+            .with_label_values(&[op])
+            .observe(start.elapsed().as_secs_f64());
+        let fail_all = |e: McError| {
+            for &s in &servers {
+                self.breakers.failure(s);
+                metrics::MEMCACHED_ERRORS
+                    .with_label_values(&[op, self.label(s)])
+                    .inc();
+            }
+            Err(e)
+        };
+        match result {
+            Err(_) => fail_all(McError::Timeout),
+            Ok(Err(e)) if is_transport(&e) => fail_all(McError::Client(e)),
+            Ok(Err(e)) => {
+                for &s in &servers {
+                    self.breakers.success(s);
+                    metrics::MEMCACHED_ERRORS
+                        .with_label_values(&[op, self.label(s)])
+                        .inc();
+                }
+                Err(McError::Client(e))
+            }
+            Ok(Ok(v)) => {
+                let per_key = outcome(&v);
+                let mut failed: Vec<usize> = Vec::new();
+                for (k, o) in keys.iter().zip(per_key) {
+                    if o == Some(false) {
+                        failed.push(self.server_of(k));
+                    }
+                }
+                for &s in &servers {
+                    if failed.contains(&s) {
+                        self.breakers.failure(s);
+                        metrics::MEMCACHED_ERRORS
+                            .with_label_values(&[op, self.label(s)])
+                            .inc();
+                    } else {
+                        self.breakers.success(s);
+                    }
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    pub(super) fn batch_outcome<T>(v: &[memcache::exp::Result<T>]) -> Vec<Option<bool>> {
+        v.iter()
+            .map(|r| match r {
+                Ok(_) => Some(true),
+                Err(e) => Some(!is_transport(e)),
+            })
+            .collect()
+    }
+
+    pub(super) fn head_key(&self, hex: &str) -> String {
+        entry::head_key(&self.settings.namespace, hex)
+    }
+
+    pub(super) fn chunk_key(&self, hex: &str, write_id: u64, index: u32) -> String {
+        entry::chunk_key(&self.settings.namespace, hex, write_id, index)
+    }
+
+    /// The decoded head and its CAS; `Ok(None)` when absent or undecodable (logged, counted as
+    /// corrupt when it exists but does not decode).
+    pub(super) async fn read_head(
+        &self,
+        hex: &str,
+    ) -> std::result::Result<Option<(Head, u64)>, McError> {
+        let key = self.head_key(hex);
+        let client = self.client().await?;
+        let fut = client.get(&key).meta(Meta::NONE.cas()).send();
+        let r = self.exchange("get_head", &[&key], fut, |_| vec![]).await?;
+        // An empty value is a lease placeholder, not an entry.
+        let value = match r.value {
+            Some(v) if r.hit() && !v.is_empty() => v,
+            _ => return Ok(None),
+        };
+        metrics::MEMCACHED_READ_BYTES.inc_by(value.len() as u64);
+        match entry::decode_head(Bytes::from(value)) {
+            Ok(head) if head.body_len <= self.settings.max_object => {
+                Ok(Some((head, r.item.cas.unwrap_or(0))))
+            }
+            Ok(_) => Err(McError::Corrupt(entry::DecodeError(
+                "body larger than max_object",
+            ))),
+            Err(e) => Err(McError::Corrupt(e)),
+        }
+    }
+
+    /// Every chunk of `head` exists with the right size; optionally extends their TTL.
+    pub(super) async fn check_chunks(
+        &self,
+        hex: &str,
+        head: &Head,
+        touch: Option<u32>,
+    ) -> std::result::Result<(), McError> {
+        let Body::Chunked { chunk_size } = head.body else {
+            return Ok(());
+        };
+        let n = head.n_chunks();
+        if n == 0 {
+            return Ok(());
+        }
+        let keys: Vec<String> = (0..n)
+            .map(|i| self.chunk_key(hex, head.write_id, i))
+            .collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let ops = keys.iter().map(|k| {
+            let g = Get::new(k).without_value().meta(Meta::NONE.size());
+            match touch {
+                Some(ttl) => g.touch(Ttl::secs(ttl)),
+                None => g,
+            }
+        });
+        let client = self.client().await?;
+        let op = if touch.is_some() {
+            "touch_chunks"
+        } else {
+            "check_chunks"
+        };
+        let results = self
+            .exchange(op, &key_refs, client.run_many(ops), |r| {
+                Self::batch_outcome(r)
+            })
+            .await?;
+        for (i, r) in results.into_iter().enumerate() {
+            let r = r.map_err(McError::Client)?;
+            if !r.hit() {
+                return Err(McError::Missing);
+            }
+            let want =
+                entry::CHUNK_HEADER_LEN + entry::chunk_len(head.body_len, chunk_size, i as u32);
+            if r.item.size != Some(want as u64) {
+                return Err(McError::Corrupt(entry::DecodeError("chunk size mismatch")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunk `index` of a committed write, checked against the head.
+    pub(super) async fn fetch_chunk(
+        &'static self,
+        hex: String,
+        write_id: u64,
+        index: u32,
+        expected_len: usize,
+    ) -> std::result::Result<Bytes, McError> {
+        let key = self.chunk_key(&hex, write_id, index);
+        let client = self.client().await?;
+        let r = self
+            .exchange("get_chunk", &[&key], client.get(&key).send(), |_| vec![])
+            .await?;
+        let value = match r.value {
+            Some(v) if r.hit() => v,
+            _ => return Err(McError::Missing),
+        };
+        metrics::MEMCACHED_READ_BYTES.inc_by(value.len() as u64);
+        entry::decode_chunk(Bytes::from(value), write_id, index, expected_len)
+            .map_err(McError::Corrupt)
+    }
+
+    pub(super) async fn set_item(
+        &self,
+        op: &'static str,
+        key: &str,
+        value: &[u8],
+        ttl: u32,
+        cas: Option<u64>,
+    ) -> std::result::Result<MutationStatus, McError> {
+        let client = self.client().await?;
+        let mut req = client.set(key, value).ttl(Ttl::secs(ttl.max(1)));
+        if let Some(cas) = cas {
+            req = req.compare_cas(cas);
+        }
+        let r = self.exchange(op, &[key], req.send(), |_| vec![]).await?;
+        if r.applied() {
+            metrics::MEMCACHED_WRITTEN_BYTES.inc_by(value.len() as u64);
+        }
+        Ok(r.status)
+    }
+
+    pub(super) async fn delete_item(
+        &self,
+        key: &str,
+        cas: Option<u64>,
+    ) -> std::result::Result<MutationStatus, McError> {
+        let client = self.client().await?;
+        let mut req = client.delete(key);
+        if let Some(cas) = cas {
+            req = req.compare_cas(cas);
+        }
+        let r = self
+            .exchange("delete", &[key], req.send(), |_| vec![])
+            .await?;
+        Ok(r.status)
+    }
+
+    /// Deletes the head only if it is still the write we read (`cas`), so a newer fill
+    /// committed meanwhile survives. Best effort, in the background.
+    pub(super) fn drop_head_later(&'static self, hex: &str, cas: u64) {
+        let key = self.head_key(hex);
+        tokio::spawn(async move {
+            if let Err(e) = self.delete_item(&key, Some(cas)).await {
+                log::debug!("memcached: deleting broken head {key}: {e}");
+            }
+        });
+    }
+}
