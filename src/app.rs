@@ -11,6 +11,7 @@ use pingora::apps::http_app::HttpServer;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::sync::Arc;
 
@@ -44,6 +45,10 @@ pub fn build(opt: Opt, config: Config) -> Server {
         names.iter().position(|k| *k == n).expect("validated")
     });
     let cache = crate::cache::Cache::new(&cache, admin.purge_allow.clone());
+    if let Some(l2) = cache.shared_tier() {
+        let probe = background_service("memcached probe", crate::cache::Probe(l2));
+        server.add_service(probe);
+    }
     let proxy = Proxy::new(router, groups, cache, limits.clone());
 
     let mut http = HttpProxy::new(proxy, server.configuration.clone());

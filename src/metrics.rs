@@ -255,3 +255,29 @@ pub fn init_memcached() {
     LazyLock::force(&MEMCACHED_EXCHANGE_DURATION);
     LazyLock::force(&MEMCACHED_BREAKER_STATE);
 }
+
+// --- fleet ---------------------------------------------------------------------------------
+
+pub static FLEET_LEASES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_fleet_leases_total",
+        "Misses coordinated through memcached leases: won (this node fetches for the fleet), waited (another node was fetching), timed_out (waited lock_timeout, then fetched)",
+        &["result"]
+    )
+    .unwrap()
+});
+
+pub static FLEET_FETCHES_AVOIDED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "shellac_fleet_fetches_avoided_total",
+        "Misses answered from another node's fill instead of the origin"
+    )
+    .unwrap()
+});
+
+pub fn init_fleet() {
+    for r in ["won", "waited", "timed_out"] {
+        FLEET_LEASES.with_label_values(&[r]);
+    }
+    LazyLock::force(&FLEET_FETCHES_AVOIDED);
+}

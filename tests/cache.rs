@@ -10,11 +10,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A caching route over `origin`; `extra` is appended at top level (e.g. a `cache:` section).
+/// With `SHELLAC_TEST_TIER=memcached` the cache is memcached alone (no memory tier), so every
+/// rule below is also proven on the shared tier.
 fn cached(origin: &Origin, route_extra: &str, extra: &str) -> String {
-    format!(
-        "{}{extra}",
-        simple_config(&[origin], "", &format!(", cache: true{route_extra}"))
-    )
+    let base = simple_config(&[origin], "", &format!(", cache: true{route_extra}"));
+    if !on_memcached() {
+        return format!("{base}{extra}");
+    }
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let ns = format!(
+        "t{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let tier = format!(
+        "cache: {{memory: {{size: 0}}, memcached: {{servers: [\"{}\"], timeout: 1s, namespace: \"{ns}\"}}}}\n",
+        common::memcached::shared()
+    );
+    format!("{base}{tier}{extra}")
+}
+
+fn on_memcached() -> bool {
+    std::env::var("SHELLAC_TEST_TIER").is_ok_and(|v| v == "memcached")
 }
 
 fn cc(v: &'static str) -> impl Fn(&Request) -> Reply {
@@ -673,6 +690,9 @@ fn vm_rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_stays_within_its_limit_under_a_large_working_set() {
+    if on_memcached() {
+        return; // a memory-tier property
+    }
     let origin = Origin::start(|req| {
         Reply::ok(vec![b'm'; 64 * 1024 - req.target.len()]).header("Cache-Control", "max-age=600")
     })

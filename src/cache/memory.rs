@@ -22,8 +22,13 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
 
 const SHARDS: usize = 16;
 /// Map slot, LRU node, Arc and meta bookkeeping per entry, measured roughly; erring high keeps
@@ -32,7 +37,7 @@ const ENTRY_OVERHEAD: usize = 512;
 
 /// What a stored response is, minus its body: enough to rebuild a `CacheMeta` per hit without
 /// re-parsing anything.
-struct StoredMeta {
+pub(crate) struct StoredMeta {
     fresh_until: SystemTime,
     created: SystemTime,
     updated: SystemTime,
@@ -43,7 +48,7 @@ struct StoredMeta {
 }
 
 impl StoredMeta {
-    fn from_meta(meta: &CacheMeta) -> StoredMeta {
+    pub(crate) fn from_meta(meta: &CacheMeta) -> StoredMeta {
         StoredMeta {
             fresh_until: meta.fresh_until(),
             created: meta.created(),
@@ -84,14 +89,35 @@ impl StoredMeta {
     }
 }
 
-struct Entry {
+pub(crate) struct Entry {
     primary: u128,
     meta: StoredMeta,
     body: Arc<[Bytes]>,
     body_len: usize,
+    /// When a tier above last confirmed this copy was not purged fleet-wide (ms since epoch).
+    checked_ms: AtomicU64,
 }
 
 impl Entry {
+    pub(crate) fn is_fresh(&self, now: SystemTime) -> bool {
+        self.meta.fresh_until >= now
+    }
+    pub(crate) fn created(&self) -> SystemTime {
+        self.meta.created
+    }
+    pub(crate) fn updated(&self) -> SystemTime {
+        self.meta.updated
+    }
+    /// True at most once per `every` (racing callers may both see true; harmless).
+    pub(crate) fn check_due(&self, now: SystemTime, every: Duration) -> bool {
+        let now_ms = millis(now);
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) >= every.as_millis() as u64
+    }
+    pub(crate) fn mark_checked(&self, now: SystemTime) {
+        self.checked_ms.store(millis(now), Ordering::Relaxed);
+    }
+
     fn weight(&self) -> usize {
         self.body_len + self.meta.weight() + ENTRY_OVERHEAD
     }
@@ -201,6 +227,52 @@ impl MemoryStore {
     pub fn bytes_used(&self) -> usize {
         self.lru.weight()
     }
+
+    pub fn max_object(&self) -> usize {
+        self.max_object
+    }
+
+    /// The entry for `key`, for tiers that decide before serving it.
+    pub(crate) fn entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.get(key128(key.combined_bin()))
+    }
+
+    /// What `lookup` returns for `entry`.
+    pub(crate) fn hit(entry: &Entry) -> (CacheMeta, HitHandler) {
+        let hit = MemoryHit {
+            body: entry.body.clone(),
+            len: entry.body_len,
+            pos: 0,
+            end: entry.body_len,
+        };
+        (entry.meta.to_meta(), Box::new(hit))
+    }
+
+    pub(crate) fn remove_key(&self, key: &CacheKey) {
+        self.remove(key128(key.combined_bin()));
+    }
+
+    /// Stores a complete object read from another tier.
+    pub(crate) fn insert_complete(
+        &self,
+        key: &CacheKey,
+        mut meta: StoredMeta,
+        body: Vec<Bytes>,
+        len: usize,
+    ) {
+        if len > self.max_object {
+            return;
+        }
+        fix_length(&mut meta.header, len);
+        let entry = Entry {
+            primary: key128(key.primary_bin()),
+            meta,
+            body: body.into(),
+            body_len: len,
+            checked_ms: AtomicU64::new(millis(SystemTime::now())),
+        };
+        self.insert(key128(key.combined_bin()), entry);
+    }
 }
 
 #[async_trait]
@@ -210,17 +282,7 @@ impl Storage for MemoryStore {
         key: &CacheKey,
         _t: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.get(key128(key.combined_bin())) else {
-            return Ok(None);
-        };
-        let meta = entry.meta.to_meta();
-        let hit = MemoryHit {
-            body: entry.body.clone(),
-            len: entry.body_len,
-            pos: 0,
-            end: entry.body_len,
-        };
-        Ok(Some((meta, Box::new(hit))))
+        Ok(self.entry(key).map(|e| MemoryStore::hit(&e)))
     }
 
     async fn get_miss_handler(
@@ -273,6 +335,7 @@ impl Storage for MemoryStore {
             meta: stored,
             body: old.body.clone(),
             body_len: old.body_len,
+            checked_ms: AtomicU64::new(old.checked_ms.load(Ordering::Relaxed)),
         };
         self.insert(k, entry);
         Ok(true)
@@ -328,6 +391,7 @@ impl HandleMiss for MemoryMiss {
             meta,
             body: std::mem::take(&mut self.chunks).into(),
             body_len: self.len,
+            checked_ms: AtomicU64::new(millis(SystemTime::now())),
         };
         let weight = entry.weight();
         self.store.insert(self.key, entry);
@@ -395,7 +459,6 @@ impl HandleHit for MemoryHit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn store(limit: usize) -> &'static MemoryStore {
         Box::leak(Box::new(MemoryStore::new(limit, limit / 2)))

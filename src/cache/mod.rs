@@ -6,10 +6,12 @@ pub mod key;
 pub mod memcached;
 pub mod memory;
 pub mod policy;
+pub mod tiered;
 mod vary;
 
 use crate::config::{self, Cidr};
 use crate::metrics;
+use memcached::{MemcachedSettings, MemcachedStorage};
 use memory::MemoryStore;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -20,6 +22,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 use policy::{Heuristic, StaleDefaults, Timing};
 use std::time::{Duration, SystemTime};
+use tiered::Tiered;
 
 /// Per-request cache facts, filled in by the hooks as the request moves along.
 #[derive(Default)]
@@ -46,7 +49,7 @@ fn request_specific(reason: &'static str) -> bool {
 }
 
 pub struct Cache {
-    memory: &'static MemoryStore,
+    storage: &'static Tiered,
     lock: &'static CacheKeyLockImpl,
     predictor: &'static Predictor<32>,
     lock_timeout: Duration,
@@ -59,19 +62,36 @@ impl Cache {
     /// Builds the process-wide cache parts. Pingora needs them `'static`; they live as long as
     /// the process, so leaking them once at start-up is the honest lifetime.
     pub fn new(conf: &config::Cache, purge_allow: Vec<Cidr>) -> Cache {
-        let memory = Box::leak(Box::new(MemoryStore::new(
-            conf.memory.size as usize,
-            conf.memory.max_object as usize,
+        let l1: Option<&'static MemoryStore> = (conf.memory.size > 0).then(|| {
+            &*Box::leak(Box::new(MemoryStore::new(
+                conf.memory.size as usize,
+                conf.memory.max_object as usize,
+            )))
+        });
+        let l2: Option<&'static MemcachedStorage> = conf.memcached.as_ref().map(|m| {
+            metrics::init_memcached();
+            metrics::init_fleet();
+            &*Box::leak(Box::new(MemcachedStorage::new(memcached_settings(m))))
+        });
+        let purge_check = conf
+            .memcached
+            .as_ref()
+            .map_or(Duration::from_secs(1), |m| m.purge_check);
+        let storage: &'static Tiered = Box::leak(Box::new(Tiered::new(
+            l1,
+            l2,
+            conf.lock_timeout,
+            purge_check,
         )));
         let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(conf.lock_timeout));
         Cache {
-            memory,
+            storage,
             lock,
             // 32 shards × 1024 URLs remembered as uncacheable (hit-for-pass): they skip the
             // lookup and the lock, so an uncacheable URL is never serialised behind itself.
             predictor: Box::leak(Box::new(Predictor::new(1024, Some(request_specific)))),
             lock_timeout: conf.lock_timeout,
-            max_object: conf.memory.max_object as usize,
+            max_object: storage.max_object(),
             heuristic: Heuristic {
                 fraction: conf.heuristic_fraction,
                 max: conf.heuristic_max,
@@ -91,7 +111,7 @@ impl Cache {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
         session.cache.enable(
-            self.memory,
+            self.storage,
             None,
             Some(self.predictor),
             Some(self.lock),
@@ -143,14 +163,14 @@ impl Cache {
         let req = session.req_header();
         if route.cache && policy::invalidates(&req.method, status) {
             let authority = crate::route::request_authority(req);
-            let mut n = self.invalidate(authority, key::path_and_query(req));
+            let mut n = self.invalidate(authority, key::path_and_query(req)).await;
             for h in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
                 if let Some(path) = resp
                     .headers
                     .get(&h)
                     .and_then(|v| same_origin_path(v.as_bytes(), authority))
                 {
-                    n += self.invalidate(authority, path);
+                    n += self.invalidate(authority, path).await;
                 }
             }
             metrics::CACHE_PURGES
@@ -159,9 +179,30 @@ impl Cache {
         }
     }
 
-    fn invalidate(&self, authority: &str, path: &[u8]) -> u64 {
-        self.memory
-            .purge_all(&key::build(authority, path).to_compact()) as u64
+    async fn invalidate(&self, authority: &str, path: &[u8]) -> u64 {
+        let key = key::build(authority, path);
+        match self.storage.purge_all(&key).await {
+            Ok(found) => found as u64,
+            Err(e) => {
+                log::warn!("invalidation did not reach the shared tier: {e}");
+                0
+            }
+        }
+    }
+
+    /// The memcached tier, for the start-up probe.
+    pub fn shared_tier(&self) -> Option<&'static MemcachedStorage> {
+        self.storage.l2
+    }
+
+    /// `logging`: a request that went to the origin and stored nothing ends this node's fleet
+    /// lease for the object, so other nodes stop waiting for a fill that will not come.
+    pub fn done(&self, session: &Session, cx: &CacheCtx) {
+        if cx.enabled && !cx.stored {
+            if let Some(key) = session.cache.maybe_cache_key() {
+                self.storage.release(key, true);
+            }
+        }
     }
 
     /// `response_cache_filter`: the RFC 9111 decision for this response.
@@ -192,6 +233,10 @@ impl Cache {
             Err(reason) => {
                 cx.refusal = Some(reason);
                 metrics::CACHE_NOT_STORED.with_label_values(&[reason]).inc();
+                if let Some(key) = session.cache.maybe_cache_key() {
+                    // Other nodes waiting for this fill would wait in vain.
+                    self.storage.release(key, true);
+                }
                 RespCacheable::Uncacheable(NoCacheReason::Custom(reason))
             }
         }
@@ -331,13 +376,21 @@ impl Cache {
         let allowed = peer.is_some_and(|ip| self.purge_allow.iter().any(|c| c.contains(ip)));
         let (code, result) = if !allowed {
             (403, "forbidden")
-        } else if self
-            .memory
-            .purge_all(&key::for_request(session.req_header()).to_compact())
-        {
-            (200, "purged")
         } else {
-            (404, "not_found")
+            match self
+                .storage
+                .purge_all(&key::for_request(session.req_header()))
+                .await
+            {
+                Ok(true) => (200, "purged"),
+                Ok(false) => (404, "not_found"),
+                Err(e) => {
+                    // This node's copy is gone but the fleet was not told: the operator must
+                    // retry, so this is not reported as done.
+                    log::warn!("purge did not reach memcached: {e}");
+                    (503, "failed")
+                }
+            }
         };
         metrics::CACHE_PURGES.with_label_values(&[result]).inc();
         if !session.is_body_empty() {
@@ -348,6 +401,18 @@ impl Cache {
         resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         session.write_response_header(Box::new(resp), true).await
+    }
+}
+
+/// The adapter's settings for a `cache.memcached` section.
+pub fn memcached_settings(m: &config::Memcached) -> MemcachedSettings {
+    MemcachedSettings {
+        servers: m.servers.clone(),
+        timeout: m.timeout,
+        chunk_size: m.chunk_size as usize,
+        max_object: m.max_object as usize,
+        namespace: m.namespace.clone(),
+        ..MemcachedSettings::default()
     }
 }
 
@@ -411,6 +476,21 @@ fn same_origin_path<'a>(value: &'a [u8], authority: &str) -> Option<&'a [u8]> {
                 &rest[end..]
             }
         })
+}
+
+/// Checks memcached once at start-up (reachable, and `chunk_size` fits its item size limit)
+/// and says so in the log. Never fatal: the shared tier is a cache, and the breaker keeps a
+/// failing server out of the request path.
+pub struct Probe(pub &'static MemcachedStorage);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Probe {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        match self.0.probe().await {
+            Ok(()) => log::info!("memcached: every server answers and accepts full-size chunks"),
+            Err(e) => log::error!("memcached: {e}; requests go to the origin while it fails"),
+        }
+    }
 }
 
 #[cfg(test)]

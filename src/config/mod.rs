@@ -106,6 +106,37 @@ pub struct Cache {
     /// Upper bound on heuristic freshness.
     #[serde(default = "secs::<86400>", deserialize_with = "values::duration")]
     pub heuristic_max: Duration,
+    /// The shared tier (L2); omit for memory only.
+    pub memcached: Option<Memcached>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memcached {
+    #[serde(deserialize_with = "values::socket_addrs")]
+    pub servers: Vec<SocketAddr>,
+    /// Each memcached exchange gives up after this.
+    #[serde(default = "ms::<50>", deserialize_with = "values::duration")]
+    pub timeout: Duration,
+    /// Body chunk size; must stay under memcached's item size limit (`-I`, 1MiB by default).
+    #[serde(default = "kib::<512>", deserialize_with = "values::size")]
+    pub chunk_size: u64,
+    #[serde(default = "mib::<64>", deserialize_with = "values::size")]
+    pub max_object: u64,
+    /// Key prefix; nodes sharing entries must agree on it. Change it to drop every entry.
+    #[serde(default = "namespace")]
+    pub namespace: String,
+    /// How often a node's memory copy re-checks whether it was purged elsewhere: the bound on
+    /// how long a purge on one node can leave another node serving the object.
+    #[serde(default = "ms::<500>", deserialize_with = "values::duration")]
+    pub purge_check: Duration,
+}
+
+fn ms<const N: u64>() -> Duration {
+    Duration::from_millis(N)
+}
+fn namespace() -> String {
+    "shellac1".into()
 }
 
 impl Default for Cache {
@@ -115,6 +146,7 @@ impl Default for Cache {
             lock_timeout: secs::<5>(),
             heuristic_fraction: tenth(),
             heuristic_max: secs::<86400>(),
+            memcached: None,
         }
     }
 }
@@ -487,7 +519,7 @@ impl Config {
             }
         }
         let c = &self.cache;
-        if c.memory.max_object > c.memory.size {
+        if c.memory.size > 0 && c.memory.max_object > c.memory.size {
             return err("cache.memory.max_object", format!("{} bytes is larger than cache.memory.size ({} bytes); lower it or raise the size", c.memory.max_object, c.memory.size));
         }
         if !(0.0..=1.0).contains(&c.heuristic_fraction) {
@@ -498,6 +530,26 @@ impl Config {
         }
         if c.lock_timeout.is_zero() {
             return err("cache.lock_timeout", "must be greater than 0");
+        }
+        if c.memory.size == 0 && c.memcached.is_none() {
+            return err("cache.memory.size", "0 turns the memory tier off, which needs cache.memcached; give it a size or configure memcached");
+        }
+        if let Some(m) = &c.memcached {
+            if m.servers.is_empty() {
+                return err(
+                    "cache.memcached.servers",
+                    "the list is empty; add at least one IP:port",
+                );
+            }
+            if let Err(e) = crate::cache::memcached_settings(m).validate() {
+                return err("cache.memcached", e);
+            }
+            if m.purge_check > Duration::from_secs(1) {
+                return err(
+                    "cache.memcached.purge_check",
+                    "at most 1s: it bounds how long a purged object may still be served",
+                );
+            }
         }
         let l = &self.limits;
         if l.max_headers == 0 || l.max_header_bytes < 1024 || l.max_request_target < 256 {

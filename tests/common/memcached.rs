@@ -234,3 +234,47 @@ impl Drop for Memcached {
         self.kill();
     }
 }
+
+/// One memcached for a whole test binary, for suites that only need "a memcached" (each
+/// Shellac gets its own namespace, so tests never see each other's entries). It dies with the
+/// test process (PR_SET_PDEATHSIG), since statics are never dropped.
+pub fn shared() -> SocketAddr {
+    use std::os::unix::process::CommandExt;
+    use std::sync::OnceLock;
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let port = super::free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"])
+            .args(["-m", "256", "-I", "1m", "-u", "root"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        // PDEATHSIG fires when the spawning *thread* exits, and each test runs on its own
+        // thread: spawn from one that lives as long as the process.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let child = cmd.spawn().expect("start /usr/bin/memcached");
+            tx.send(()).unwrap();
+            let _keep = child;
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "memcached did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        addr
+    })
+}

@@ -67,7 +67,7 @@ impl MemcachedStorage {
             .max_idle(32)
     }
 
-    pub(super) async fn client(&self) -> std::result::Result<&AsyncMetaClient, McError> {
+    pub(crate) async fn client(&self) -> std::result::Result<&AsyncMetaClient, McError> {
         self.client
             .get_or_try_init(|| {
                 self.builder()
@@ -132,7 +132,7 @@ impl MemcachedStorage {
     ///
     /// `outcome` classifies a finished exchange per key index: `Some(true)` ok, `Some(false)`
     /// transport failure of that key's server, `None` no information.
-    pub(super) async fn exchange<T, F>(
+    pub(crate) async fn exchange<T, F>(
         &self,
         op: &'static str,
         keys: &[&str],
@@ -318,7 +318,7 @@ impl MemcachedStorage {
             .map_err(McError::Corrupt)
     }
 
-    pub(super) async fn set_item(
+    pub(crate) async fn set_item(
         &self,
         op: &'static str,
         key: &str,

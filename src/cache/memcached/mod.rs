@@ -14,6 +14,7 @@
 
 pub mod breaker;
 pub mod entry;
+pub mod fleet;
 mod hit;
 mod io;
 mod miss;
@@ -185,6 +186,17 @@ impl Storage for MemcachedStorage {
                 return Ok(None);
             }
         };
+        // Vary variants are not deleted by a purge (their keys cannot be listed); the URL's
+        // purge marker retires every variant stored before it.
+        if meta.variance().is_some() {
+            if let Ok(Some(purged)) = self.purge_marker(&key.primary()).await {
+                if purged >= meta.created() {
+                    count_lookup("miss");
+                    self.drop_head_later(&hex, cas);
+                    return Ok(None);
+                }
+            }
+        }
         match self.check_chunks(&hex, &head, None).await {
             Ok(()) => {}
             Err(McError::Missing) => {

@@ -1,0 +1,251 @@
+//! The memcached tier (L2) through the real binary: real memcached processes, real origins.
+
+mod common;
+
+use common::http::{Origin, Reply, Request};
+use common::memcached::Memcached;
+use common::{simple_config, Shellac};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn body_for(path: &str) -> Vec<u8> {
+    let size = match path {
+        "/big" => 5 << 20,
+        p if p.starts_with("/k/") => 1024,
+        _ => 2000,
+    };
+    (0..size).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn origin_handler(req: &Request) -> Reply {
+    Reply::ok(body_for(req.path())).header("Cache-Control", "max-age=300")
+}
+
+/// A caching node on `servers`; `memory` is the L1 size (`0` = memcached only).
+fn node_config(origin: &Origin, servers: &[&Memcached], memory: &str, timeout: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|m| format!("\"{}\"", m.addr)).collect();
+    format!(
+        "{}cache:\n  memory: {{size: {memory}}}\n  lock_timeout: 2s\n  memcached: {{servers: [{}], timeout: {timeout}}}\n",
+        simple_config(&[origin], "", ", cache: true"),
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_alone_stores_large_objects_byte_for_byte_and_serves_ranges() {
+    let mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "200ms")).await;
+    for path in ["/small", "/big"] {
+        let first = node.get(path).await;
+        assert_eq!(first.body, body_for(path));
+        let again = node.get(path).await;
+        assert_eq!(
+            again.body,
+            body_for(path),
+            "{path} from memcached is byte-exact"
+        );
+        assert!(
+            again.header("cache-status").unwrap().contains("hit"),
+            "{:?}",
+            again.header("cache-status")
+        );
+        assert_eq!(origin.count_path(path), 1);
+    }
+    // 5 MiB in 512 KiB chunks: a head plus 10 chunks, each under memcached's 1 MiB item limit.
+    let keys = mc.keys();
+    assert!(
+        keys.iter().filter(|k| k.contains(":c:")).count() >= 10,
+        "{keys:?}"
+    );
+    let r = node
+        .request("GET", "/big", &[("Range", "bytes=2621000-2700000")])
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &body_for("/big")[2621000..=2700000]);
+    assert_eq!(origin.count(), 2);
+    assert!(
+        node.metric("shellac_cache_l2_lookups_total", &[("result", "hit")])
+            .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_answers_from_memcached_without_the_origin() {
+    let mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let first = Shellac::start(&node_config(&origin, &[&mc], "16MiB", "200ms")).await;
+    for i in 0..5 {
+        first.get(&format!("/k/{i}")).await;
+    }
+    // The memcached commit runs after the client is answered: give it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(first);
+    let fresh = Shellac::start(&node_config(&origin, &[&mc], "16MiB", "200ms")).await;
+    for i in 0..5 {
+        let r = fresh.get(&format!("/k/{i}")).await;
+        assert_eq!(r.body, body_for("/k/"));
+    }
+    assert_eq!(
+        origin.count(),
+        5,
+        "the new process's empty memory tier filled from memcached"
+    );
+    // Promoted into L1: memcached is not asked again.
+    let before = fresh.metric("shellac_cache_l2_lookups_total", &[]).await;
+    fresh.get("/k/0").await;
+    assert_eq!(
+        fresh.metric("shellac_cache_l2_lookups_total", &[]).await,
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_or_truncated_value_is_a_miss() {
+    let mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "200ms")).await;
+    node.get("/small").await;
+    node.get("/big").await;
+    let keys = mc.keys();
+    let head = keys.iter().find(|k| k.contains(":h:")).unwrap().clone();
+    for (i, garbage) in [b"SHLC\x01garbage".to_vec(), vec![0xffu8; 40], Vec::new()]
+        .into_iter()
+        .enumerate()
+    {
+        for k in keys.iter().filter(|k| k.contains(":h:")) {
+            mc.set(k, &garbage);
+        }
+        let before = origin.count();
+        for path in ["/small", "/big"] {
+            let r = node.get(path).await;
+            assert_eq!(
+                (r.status, r.body.len()),
+                (200, body_for(path).len()),
+                "round {i} {path}"
+            );
+            assert_eq!(r.body, body_for(path));
+        }
+        assert_eq!(
+            origin.count(),
+            before + 2,
+            "round {i}: undecodable heads are misses"
+        );
+    }
+    // A chunk evicted behind our back: a miss, refetched, never a short body.
+    let chunk = mc.keys().into_iter().find(|k| k.contains(":c:")).unwrap();
+    assert!(mc.delete(&chunk));
+    let before = origin.count();
+    let r = node.get("/big").await;
+    assert_eq!(r.body, body_for("/big"));
+    assert_eq!(origin.count(), before + 1);
+    let _ = head;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_memcached_servers_share_the_keys() {
+    let a = Memcached::start();
+    let b = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let node = Shellac::start(&node_config(&origin, &[&a, &b], "0", "200ms")).await;
+    for i in 0..40 {
+        node.get(&format!("/k/{i}")).await;
+    }
+    let (na, nb) = (a.keys().len(), b.keys().len());
+    assert!(na >= 5 && nb >= 5, "a={na} b={nb}");
+    for i in 0..40 {
+        node.get(&format!("/k/{i}")).await;
+    }
+    assert_eq!(origin.count(), 40);
+}
+
+/// Fixed-concurrency load over `urls` for `dur`; returns (ok, failed) counts.
+async fn load(addr: std::net::SocketAddr, urls: usize, dur: Duration) -> (usize, usize) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let bad = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for w in 0..10 {
+        let (ok, bad) = (ok.clone(), bad.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < end {
+                i = (i * 7 + 3) % urls;
+                match common::http::get(addr, &format!("/k/{i}")).await {
+                    Ok(r) if r.status == 200 && r.body.len() == 1024 => {
+                        ok.fetch_add(1, Ordering::SeqCst)
+                    }
+                    _ => bad.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (ok.load(Ordering::SeqCst), bad.load(Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_killed_under_load_costs_no_client_errors_and_recovers() {
+    let mut mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    // memcached only, so every request depends on it.
+    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "100ms")).await;
+    let (ok, bad) = load(node.addr, 50, Duration::from_millis(800)).await;
+    assert!(ok > 50 && bad == 0, "warm-up ok={ok} bad={bad}");
+    let origin_before = origin.count();
+    let load_task = tokio::spawn(load(node.addr, 50, Duration::from_secs(3)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mc.kill();
+    let (ok, bad) = load_task.await.unwrap();
+    assert_eq!(bad, 0, "client errors while memcached died ({ok} ok)");
+    assert!(origin.count() > origin_before + 50, "the origin took over");
+    // Back: hits return once the breaker lets a probe through.
+    mc.restart();
+    let t = Instant::now();
+    loop {
+        node.get("/k/1").await;
+        let hits_before = node
+            .metric("shellac_cache_l2_lookups_total", &[("result", "hit")])
+            .await;
+        node.get("/k/1").await;
+        if node
+            .metric("shellac_cache_l2_lookups_total", &[("result", "hit")])
+            .await
+            > hits_before
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no memcached hits 10 s after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_memcached_costs_at_most_its_timeout() {
+    let mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "100ms")).await;
+    node.get("/k/1").await;
+    mc.pause();
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let t = Instant::now();
+        let r = node.get(&format!("/k/{i}")).await;
+        assert_eq!(r.status, 200);
+        worst = worst.max(t.elapsed());
+    }
+    mc.resume();
+    // A lookup, a lease attempt and a write may each meet the timeout before the breaker
+    // opens: bounded by a few timeouts, never the origin's or memcached's own.
+    assert!(
+        worst < Duration::from_millis(700),
+        "worst request {worst:?} with memcached hung"
+    );
+}
