@@ -354,7 +354,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        self.cache.done(session, &ctx.cache);
+        self.cache.done(session, &ctx.cache, ctx.backend.is_some());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let stats = &self.route_stats[ctx.route.unwrap_or(self.route_stats.len() - 1)];
         let class = match status {

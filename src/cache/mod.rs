@@ -197,8 +197,9 @@ impl Cache {
 
     /// `logging`: a request that went to the origin and stored nothing ends this node's fleet
     /// lease for the object, so other nodes stop waiting for a fill that will not come.
-    pub fn done(&self, session: &Session, cx: &CacheCtx) {
-        if cx.enabled && !cx.stored {
+    pub fn done(&self, session: &Session, cx: &CacheCtx, went_upstream: bool) {
+        // Only a request that fetched can end a fetch; local hits and waiters must not.
+        if cx.enabled && went_upstream && !cx.stored {
             if let Some(key) = session.cache.maybe_cache_key() {
                 self.storage.release(key, true);
             }

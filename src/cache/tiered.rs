@@ -187,7 +187,11 @@ impl Tiered {
                     return Ok(None);
                 }
                 Ok(false) => {}
-                Err(_) => return Ok(None), // memcached unavailable: per-node coalescing only
+                Err(e) => {
+                    // memcached unavailable: per-node coalescing only.
+                    log::debug!("fleet lease for {combined}: {e}");
+                    return Ok(None);
+                }
             }
             crate::metrics::FLEET_LEASES
                 .with_label_values(&["waited"])

@@ -138,7 +138,10 @@ impl Shellac {
             .arg("-c")
             .arg(config)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SHELLAC_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
