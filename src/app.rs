@@ -26,6 +26,7 @@ pub fn build(opt: Opt, config: Config) -> Server {
         cache,
         limits,
         access_log,
+        mirror_limits,
     } = config;
     if let Err(e) = crate::access_log::init(&access_log.target) {
         eprintln!("shellac: access_log.target {:?}: {e}", access_log.target);
@@ -50,6 +51,10 @@ pub fn build(opt: Opt, config: Config) -> Server {
         server.add_service(probe);
     }
     let proxy = Proxy::new(router, groups, cache, limits.clone());
+    let mirror = crate::mirror::Mirror::new(&routes, &mirror_limits, |n| {
+        names.iter().position(|k| *k == n).expect("validated")
+    });
+    let proxy = proxy.with_mirror(mirror);
 
     let mut http = HttpProxy::new(proxy, server.configuration.clone());
     http.handle_init_modules();

@@ -9,6 +9,7 @@
 //! - [`upstream`]: backend selection, health checks, connection settings.
 //! - [`cache`]: RFC 9111 policy, cache keys, the memory store, Cache-Status and purge.
 //! - [`limits`]: request and response bounds (414/431/413/502), range caps.
+//! - [`mirror`]: forks sampled requests to a staging upstream and compares its answers.
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
 //! - [`admin`]: `/metrics` and `/healthz` on the admin listener.
 //! - [`metrics`]: every metric, declared in one place.
@@ -25,6 +26,7 @@ pub mod conn;
 pub mod forward;
 pub mod limits;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;

@@ -281,3 +281,51 @@ pub fn init_fleet() {
     }
     LazyLock::force(&FLEET_FETCHES_AVOIDED);
 }
+
+// --- traffic mirroring ----------------------------------------------------------------------
+// `route` is a configured route name; `result` and `kind` come from fixed sets in `mirror`.
+
+pub static MIRROR_FORKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_mirror_forks_total",
+        "Sampled requests on mirroring routes by result: match, mismatch (staging answered differently), error (staging failed or timed out), dropped (max_inflight reached, or staging read the body too slowly), skipped (method, body over max_body, or no complete production answer)",
+        &["route", "result"]
+    )
+    .unwrap()
+});
+
+pub static MIRROR_MISMATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_mirror_mismatches_total",
+        "Mismatching forks by what differed: status, header, body (a fork can count under several kinds)",
+        &["route", "kind"]
+    )
+    .unwrap()
+});
+
+pub static MIRROR_INFLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "shellac_mirror_inflight",
+        "Forks in flight (bounded by mirror_limits.max_inflight)"
+    )
+    .unwrap()
+});
+
+pub static MIRROR_LOG_LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_mirror_log_lines_total",
+        "Mirror log lines by result: written, suppressed (over max_lines_per_minute), failed (write error)",
+        &["result"]
+    )
+    .unwrap()
+});
+
+/// Make the mirror metrics exist at start-up (call when a route mirrors).
+pub fn init_mirror() {
+    LazyLock::force(&MIRROR_FORKS);
+    LazyLock::force(&MIRROR_MISMATCHES);
+    LazyLock::force(&MIRROR_INFLIGHT);
+    for result in ["written", "suppressed", "failed"] {
+        MIRROR_LOG_LINES.with_label_values(&[result]);
+    }
+}

@@ -7,6 +7,7 @@ use crate::config::Limits;
 use crate::forward;
 use crate::limits;
 use crate::metrics;
+use crate::mirror::{self, Mirror};
 use crate::reload;
 use crate::request_id;
 use crate::route::{self, Router};
@@ -30,6 +31,7 @@ pub struct Proxy {
     route_stats: Vec<RouteStats>,
     cache: Cache,
     limits: Limits,
+    mirror: Mirror,
 }
 
 struct RouteStats {
@@ -65,6 +67,8 @@ pub struct Ctx {
     pub request_id: String,
     /// The access log's cache field; `-` until the cache sets it.
     pub cache_status: &'static str,
+    /// Set when this request is being forked to a staging upstream.
+    mirror: Option<mirror::Fork>,
 }
 
 impl Proxy {
@@ -78,7 +82,13 @@ impl Proxy {
             route_stats,
             cache,
             limits,
+            mirror: Mirror::off(),
         }
+    }
+
+    pub fn with_mirror(mut self, mirror: Mirror) -> Proxy {
+        self.mirror = mirror;
+        self
     }
 
     fn route(&self, ctx: &Ctx) -> &crate::route::Route {
@@ -124,6 +134,7 @@ impl ProxyHttp for Proxy {
             cache: CacheCtx::default(),
             request_id: String::new(),
             cache_status: "-",
+            mirror: None,
         }
     }
 
@@ -148,6 +159,11 @@ impl ProxyHttp for Proxy {
             self.cache.purge(session).await?;
             return Ok(true);
         }
+        if let Some(route) = ctx.route {
+            ctx.mirror = self
+                .mirror
+                .fork(session, route, &self.groups, &ctx.request_id);
+        }
         Ok(false)
     }
 
@@ -155,9 +171,12 @@ impl ProxyHttp for Proxy {
         &self,
         _s: &mut Session,
         body: &mut Option<Bytes>,
-        _eos: bool,
+        eos: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(fork) = &mut ctx.mirror {
+            fork.request_body(body, eos, ctx.attempts);
+        }
         // Retries replay the buffered body through here again; count it once.
         if let (Some(b), 1) = (body, ctx.attempts) {
             ctx.body_bytes += b.len() as u64;
@@ -329,6 +348,9 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(fork) = &mut ctx.mirror {
+            fork.response(resp);
+        }
         ctx.cache_status =
             self.cache
                 .respond(session, resp, &mut ctx.cache, ctx.upstream_status)?;
@@ -345,6 +367,9 @@ impl ProxyHttp for Proxy {
         _eos: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        if let Some(fork) = &mut ctx.mirror {
+            fork.response_body(body);
+        }
         if ctx.cache.from_cache {
             if let Some(b) = body {
                 crate::metrics::CACHE_SERVED_BYTES.inc_by(b.len() as u64);
@@ -353,8 +378,11 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         self.cache.done(session, &ctx.cache, ctx.backend.is_some());
+        if let Some(fork) = ctx.mirror.take() {
+            fork.finish(e.is_some());
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let stats = &self.route_stats[ctx.route.unwrap_or(self.route_stats.len() - 1)];
         let class = match status {

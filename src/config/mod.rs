@@ -5,8 +5,10 @@
 //! that span keys). Every error names its key path and how to fix it. Pingora's own `ServerConf`
 //! sits under `pingora:` and keeps Pingora's rules: it ignores unknown keys inside that section.
 
+mod mirror;
 mod values;
 
+pub use mirror::{Compare, MirrorLimits, MirrorLog, RouteMirror};
 pub use values::{parse_duration, parse_size, Cidr};
 
 use pingora::server::configuration::ServerConf;
@@ -35,6 +37,9 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub access_log: AccessLog,
+    /// Bounds shared by every route's `mirror`.
+    #[serde(default)]
+    pub mirror_limits: MirrorLimits,
 }
 
 /// Bounds on what one client or one origin can make Shellac read or hold.
@@ -380,6 +385,8 @@ pub struct Route {
     pub stale_while_revalidate: Duration,
     #[serde(default, deserialize_with = "values::duration")]
     pub stale_if_error: Duration,
+    /// Fork sampled requests to a staging upstream and compare its answers.
+    pub mirror: Option<RouteMirror>,
 }
 
 fn star() -> String {
@@ -600,7 +607,11 @@ impl Config {
                     format!("{:?} is not a host pattern; use \"*\", \"example.com\" or \"*.example.com\" (no port)", r.host),
                 );
             }
+            if let Some(m) = &r.mirror {
+                mirror::validate_route(&p, m, &r.upstream, |n| self.upstreams.contains_key(n))?;
+            }
         }
+        mirror::validate_limits(&self.mirror_limits)?;
         Ok(())
     }
 }
