@@ -23,6 +23,8 @@ pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

@@ -512,3 +512,21 @@ async fn row5_per_ip_cap_closes_extra_connections_and_spares_other_ips() {
     drop((held, c2, again));
     assert_eq!(open_connections_settle(&shellac, 0.0).await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row7_a_host_that_is_not_an_authority_is_refused() {
+    // Found by the cache-key fuzz harness: the key dropped what followed an IPv6 literal, so
+    // `[::1]evil` shared `[::1]`'s entries while the origin saw (and could reflect) the junk.
+    let (origin, shellac) = start().await;
+    for host in ["[::1]evil", "a b", "a@b", "t:8o"] {
+        let (statuses, closed) = exchange(
+            &shellac,
+            format!("GET /k HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!((statuses.as_slice(), closed), (&[400][..], true), "{host}");
+    }
+    assert_eq!(origin.count_path("/k"), 0);
+    let r = shellac.request("GET", "/k", &[("Host", "[::1]:80")]).await;
+    assert_eq!(r.status, 200);
+}
