@@ -58,7 +58,10 @@ pub fn build(opt: Opt, config: Config) -> Server {
 
     let mut http = HttpProxy::new(proxy, server.configuration.clone());
     http.handle_init_modules();
-    let mut public = Service::new("shellac proxy".into(), Counted(Arc::new(http)));
+    let mut public = Service::new(
+        "shellac proxy".into(),
+        Counted::new(Arc::new(http), &limits),
+    );
     for addr in &listen {
         public.add_tcp(&addr.to_string());
         log::info!("listening on http://{addr}");

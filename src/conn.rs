@@ -1,26 +1,107 @@
-//! Wraps the proxy's accept-side app to count open client connections. Pingora calls
-//! `process_new` once per request on a connection and parks idle keep-alive connections inside
-//! it, so "inside `process_new`" is "open".
+//! The accept side of the public listeners: open-connection count, a per-client-IP connection
+//! cap, and a deadline on the whole request header (`limits.header_timeout`).
+//!
+//! Pingora only times each read (60 s, issue #447), so a client that sends one header byte
+//! every few seconds holds a connection forever. [`Counted`] wraps the proxy's `ServerApp`; the
+//! first time it sees a connection it wraps the stream in [`Guarded`], which every later call
+//! (Pingora hands a reusable stream back to `process_new`) recognises by type, so each count is
+//! taken once per connection and released when the stream is dropped, i.e. exactly when the
+//! connection closes.
+//!
+//! # Header deadline
+//! `Guarded` watches the bytes Pingora reads and writes and keeps a phase per connection:
+//! - `Header`: a request header is being read. The deadline is armed when the connection opens
+//!   (a client that connects and sends nothing is a slowloris too) and when the first byte of a
+//!   later request arrives. Read bytes are scanned for the blank line that ends a header
+//!   (`\r\n\r\n`, or the bare-LF forms the parser also accepts); the scanner's state carries
+//!   across reads, so a terminator split over reads is found. Once the deadline passes with the
+//!   header incomplete, reads fail with `TimedOut` and Pingora closes the connection.
+//! - `Body`: the header ended; the request body and the response are not timed here
+//!   (`read_timeout`s and `max_body` cover them). Writing a final response moves to `Idle`.
+//! - `Idle`: between requests on a keep-alive connection. Nothing is timed: that is
+//!   `keepalive_timeout`'s job (Pingora's idle read timeout). The next byte read starts
+//!   `Header`.
+//! - `Tunnel`: after a `101`, bytes are no longer HTTP.
+//!
+//! Writes that begin a `1xx` other than 101 (`100 Continue`) do not end the request: its body
+//! follows. Bytes a client pipelines after a header are read together with it and parsed by
+//! Pingora without another read, so a pipelined request is timed from its first read only if it
+//! arrives incomplete; a request body still arriving after the response started (an early 413)
+//! is read as `Header` and may be cut at the deadline, which only hurts a connection that is
+//! being closed anyway.
+//!
+//! Cost on the hit path: a byte scan of the header as it is read and a phase check per read and
+//! write. The clock is read only when a header needs a second read (or a connection opens), and
+//! the timer (one per connection, reused across requests) is allocated only when a read of an
+//! incomplete header has to wait.
+//!
+//! # Per-IP cap
+//! A sharded map of IP → open connections, each shard behind a `parking_lot` mutex held for a
+//! hash-map update only (never across an await). A connection over `limits.max_connections_per_ip`
+//! is dropped before Pingora reads a byte (counted in `shellac_connections_refused_total`).
+//! IPv4-mapped IPv6 peers count as their IPv4 address.
 
+use crate::config::Limits;
 use crate::metrics;
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
 use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
-pub struct Counted<A>(pub Arc<A>);
-
-struct Open;
-impl Open {
-    fn new() -> Open {
-        metrics::OPEN_CONNECTIONS.inc();
-        Open
-    }
+pub struct Counted<A> {
+    app: Arc<A>,
+    header_timeout: Duration,
+    per_ip: Arc<PerIp>,
 }
-impl Drop for Open {
-    fn drop(&mut self) {
-        metrics::OPEN_CONNECTIONS.dec();
+
+impl<A> Counted<A> {
+    pub fn new(app: Arc<A>, limits: &Limits) -> Counted<A> {
+        Counted {
+            app,
+            header_timeout: limits.header_timeout,
+            per_ip: Arc::new(PerIp::new(limits.max_connections_per_ip)),
+        }
+    }
+
+    /// Wraps a newly accepted connection, or `None` when its IP is at the cap.
+    fn admit(&self, stream: Stream) -> Option<Stream> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .map(|ip| ip.to_canonical());
+        let Some(slot) = Slot::take(&self.per_ip, ip) else {
+            metrics::CONNECTIONS_REFUSED
+                .with_label_values(&["per_ip_cap"])
+                .inc();
+            return None;
+        };
+        Some(Box::new(Guarded {
+            inner: stream,
+            _slot: slot,
+            timeout: self.header_timeout,
+            phase: Phase::Header {
+                deadline: Some(Instant::now() + self.header_timeout),
+            },
+            scan: Scan::default(),
+            timer: None,
+        }))
     }
 }
 
@@ -31,11 +112,374 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = Open::new();
-        self.0.process_new(stream, shutdown).await
+        let stream = if stream.as_any().is::<Guarded>() {
+            stream
+        } else {
+            self.admit(stream)?
+        };
+        self.app.process_new(stream, shutdown).await
     }
 
     async fn cleanup(&self) {
-        self.0.cleanup().await
+        self.app.cleanup().await
+    }
+}
+
+// --- per-IP cap ------------------------------------------------------------------------------
+
+const SHARDS: usize = 16;
+
+struct PerIp {
+    max: usize,
+    hasher: RandomState,
+    shards: [Mutex<HashMap<IpAddr, usize>>; SHARDS],
+}
+
+impl PerIp {
+    fn new(max: usize) -> PerIp {
+        PerIp {
+            max,
+            hasher: RandomState::new(),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
+        &self.shards[self.hasher.hash_one(ip) as usize % SHARDS]
+    }
+}
+
+/// One open connection: counted in the gauge and against its IP until dropped.
+struct Slot {
+    table: Arc<PerIp>,
+    ip: Option<IpAddr>,
+}
+
+impl Slot {
+    fn take(table: &Arc<PerIp>, ip: Option<IpAddr>) -> Option<Slot> {
+        if let Some(ip) = ip {
+            let mut shard = table.shard(&ip).lock();
+            let n = shard.entry(ip).or_insert(0);
+            if *n >= table.max {
+                return None;
+            }
+            *n += 1;
+        }
+        metrics::OPEN_CONNECTIONS.inc();
+        Some(Slot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::OPEN_CONNECTIONS.dec();
+        if let Some(ip) = self.ip {
+            let mut shard = self.table.shard(&ip).lock();
+            if let Some(n) = shard.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    // Entries for gone clients would otherwise grow the map without bound.
+                    shard.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+// --- header deadline -------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// `deadline` is `None` until the first read of this header leaves it incomplete: a header
+    /// that arrives in one read never reads the clock.
+    Header {
+        deadline: Option<Instant>,
+    },
+    Body,
+    Idle,
+    Tunnel,
+}
+
+/// Finds the blank line ending a header across reads: 0 nothing, 1 `\r`, 2 a line end, 3 a line
+/// end then `\r`. Equivalent to keeping the last three bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scan(u8);
+
+impl Scan {
+    /// Feeds `bytes`; true once a header end has been seen.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            self.0 = match (self.0, b) {
+                (2 | 3, b'\n') => {
+                    self.0 = 0;
+                    return true;
+                }
+                (_, b'\n') => 2,
+                (2, b'\r') => 3,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+        }
+        false
+    }
+}
+
+struct Guarded {
+    inner: Stream,
+    _slot: Slot,
+    timeout: Duration,
+    phase: Phase,
+    scan: Scan,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+fn timed_out() -> io::Error {
+    metrics::HEADER_TIMEOUTS.inc();
+    io::Error::new(io::ErrorKind::TimedOut, "request header deadline passed")
+}
+
+impl Guarded {
+    /// Advances the phase over freshly read bytes.
+    fn on_read(&mut self, bytes: &[u8]) {
+        match self.phase {
+            Phase::Idle => {
+                self.scan = Scan::default();
+                self.phase = Phase::Header { deadline: None };
+                self.on_read(bytes);
+            }
+            Phase::Header { deadline } => {
+                if self.scan.feed(bytes) {
+                    self.phase = Phase::Body;
+                } else if deadline.is_none() {
+                    self.phase = Phase::Header {
+                        deadline: Some(Instant::now() + self.timeout),
+                    };
+                }
+            }
+            Phase::Body | Phase::Tunnel => {}
+        }
+    }
+
+    fn on_write(&mut self, bytes: &[u8]) {
+        if matches!(self.phase, Phase::Idle | Phase::Tunnel) || bytes.len() < 10 {
+            return;
+        }
+        // Pingora writes a response header in one call starting with the status line.
+        let informational = bytes.starts_with(b"HTTP/1.") && bytes[8] == b' ' && bytes[9] == b'1';
+        if informational {
+            if bytes[9..].starts_with(b"101") {
+                self.phase = Phase::Tunnel;
+            }
+            return;
+        }
+        self.phase = Phase::Idle;
+    }
+
+    /// Whether the header deadline has passed, registering for a wake-up at it otherwise.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Phase::Header {
+            deadline: Some(at), ..
+        } = self.phase
+        else {
+            return false;
+        };
+        let timer = match self.timer.as_mut() {
+            Some(t) => {
+                if t.deadline() != at {
+                    t.as_mut().reset(at);
+                }
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    this.on_read(&buf.filled()[before..]);
+                }
+                // A trickling client gets a byte in before each wait; it must still be cut.
+                if n > 0 && this.expired(cx) {
+                    return Poll::Ready(Err(timed_out()));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.on_write(&buf[..n]);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+                this.on_write(&first[..n.min(first.len())]);
+            }
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(chunks: &[&[u8]]) -> Vec<bool> {
+        let mut s = Scan::default();
+        chunks.iter().map(|c| s.feed(c)).collect()
+    }
+
+    #[test]
+    fn header_end_is_found_across_reads() {
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]), [true]);
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]), [false]);
+        assert_eq!(
+            ends(&[b"GET / HTTP/1.1\r", b"\nHost: a\r", b"\n", b"\r", b"\n"]),
+            [false, false, false, false, true]
+        );
+        assert_eq!(ends(&[b"GET / HTTP/1.1\nHost: a\n", b"\n"]), [false, true]);
+        assert_eq!(
+            ends(&[b"A\r\r\n\r\r\n"]),
+            [false],
+            "a lone CR is not a line end"
+        );
+        assert_eq!(ends(&[b"X: a\r\n\r", b"x\r\n"]), [false, false]);
+    }
+
+    #[test]
+    fn the_cap_counts_per_ip_and_releases_on_drop() {
+        let table = Arc::new(PerIp::new(2));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = Slot::take(&table, Some(a)).unwrap();
+        let _s2 = Slot::take(&table, Some(a)).unwrap();
+        assert!(Slot::take(&table, Some(a)).is_none());
+        assert!(Slot::take(&table, Some(b)).is_some());
+        drop(s1);
+        let _s3 = Slot::take(&table, Some(a)).unwrap();
+        drop(_s3);
+        drop(_s2);
+        assert!(
+            table.shards.iter().all(|s| s.lock().is_empty()),
+            "entries of gone clients are removed"
+        );
     }
 }

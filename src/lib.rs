@@ -3,7 +3,7 @@
 //! # Layout, along the request path
 //! - [`config`]: the YAML file, parsed into typed values and validated before anything binds.
 //! - [`app`]: wiring: builds the Pingora server, listeners, upstream groups and admin service.
-//! - [`conn`]: accept side: counts open client connections.
+//! - [`conn`]: accept side: open connections, per-IP cap, whole-request-header deadline.
 //! - [`proxy`]: the `ProxyHttp` hooks; each is a few lines calling the module that owns it.
 //! - [`route`]: host and path prefix → upstream group.
 //! - [`upstream`]: backend selection, health checks, connection settings.
@@ -24,6 +24,8 @@ pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;

@@ -23,12 +23,51 @@ pub fn check_request(req: &RequestHeader, limits: &Limits) -> Option<u16> {
     {
         return Some(400);
     }
+    // RFC 9112 §3.2: a Host that is not `uri-host [":" port]` is a 400. Junk after an IPv6
+    // literal would otherwise be dropped from the cache key but still reach the origin.
+    if let Some(host) = req.headers.get(http::header::HOST) {
+        if !valid_host(host.as_bytes()) {
+            return Some(400);
+        }
+    }
     if let Some(len) = content_length(req) {
         if len > limits.max_body {
             return Some(413);
         }
     }
     None
+}
+
+/// Whether `host` is `uri-host [":" port]` (RFC 3986 §3.2.2): an IP literal in brackets or a
+/// reg-name (unreserved, pct-encoded and sub-delim characters; IPv4 addresses are reg-names
+/// syntactically), then optionally a colon and digits. Empty is allowed (§3.2.2 of RFC 9112
+/// permits an empty Host when the target has no authority).
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = if host.first() == Some(&b'[') {
+        let Some(end) = host.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = &host[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b":.-_~!$&'()*+,;=".contains(b))
+        {
+            return false;
+        }
+        match &host[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&[][..], port),
+            _ => return false,
+        }
+    } else {
+        match host.iter().rposition(|b| *b == b':') {
+            Some(i) => (&host[..i], &host[i + 1..]),
+            None => (host, &[][..]),
+        }
+    };
+    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+    name.iter().all(reg_name) && port.iter().all(u8::is_ascii_digit)
 }
 
 /// An origin response header over the limit is refused before anything is stored.
@@ -140,6 +179,42 @@ mod tests {
                 &l
             ),
             Some(413)
+        );
+    }
+
+    #[test]
+    fn host_must_be_an_authority() {
+        for ok in [
+            "t",
+            "T.example",
+            "t.example:80",
+            "t.example.",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:80",
+            "a_b-c~d%41",
+            "",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "[::1]evil",
+            "[::1",
+            "[]",
+            "[::1]:8o",
+            "a b",
+            "a@b",
+            "a/b",
+            "a:80:x",
+            "a?b",
+            "a#b",
+            "caf\u{e9}",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+        assert_eq!(
+            check_request(&req("/", &[("Host", "[::1]evil")]), &limits()),
+            Some(400)
         );
     }
 

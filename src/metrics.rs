@@ -69,6 +69,23 @@ pub static OPEN_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     .unwrap()
 });
 
+pub static CONNECTIONS_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_connections_refused_total",
+        "Client connections closed on accept, by reason: `per_ip_cap` (the client IP already holds limits.max_connections_per_ip)",
+        &["reason"]
+    )
+    .unwrap()
+});
+
+pub static HEADER_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "shellac_header_timeouts_total",
+        "Client connections closed because a request header was not complete within limits.header_timeout"
+    )
+    .unwrap()
+});
+
 pub static ACCESS_LOG_LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "shellac_access_log_lines_total",
@@ -106,6 +123,8 @@ pub fn init() {
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&BACKEND_HEALTHY);
     LazyLock::force(&OPEN_CONNECTIONS);
+    CONNECTIONS_REFUSED.with_label_values(&["per_ip_cap"]);
+    LazyLock::force(&HEADER_TIMEOUTS);
     LazyLock::force(&CACHE_LOOKUPS);
     LazyLock::force(&CACHE_SERVED_BYTES);
     LazyLock::force(&CACHE_MEMORY_USED);

@@ -5,7 +5,7 @@ mod common;
 
 use common::http::{Client, Origin, Reply, Request};
 use common::{simple_config, Shellac};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn recorder(req: &Request) -> Reply {
     Reply::ok(format!("{} {}", req.method, req.target)).header("Cache-Control", "max-age=60")
@@ -364,4 +364,169 @@ async fn row14_ranges_are_capped_and_filled_once() {
     assert!(r.status == 416 || r.status == 200);
     assert!(r.body.len() <= body.len());
     assert_eq!(origin.count(), 1);
+}
+
+// --- row 5: slowloris, idle keep-alive, per-IP cap ------------------------------------------
+
+async fn start_limited(limits: &str) -> (Origin, Shellac) {
+    let origin = Origin::start(recorder).await;
+    let shellac = Shellac::start(&format!(
+        "{}limits: {{{limits}}}\n",
+        simple_config(&[&origin], "", ", cache: true")
+    ))
+    .await;
+    (origin, shellac)
+}
+
+/// Polls `shellac_open_connections` until it equals `want` (3 s at most); returns the last value.
+async fn open_connections_settle(shellac: &Shellac, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let v = shellac.metric("shellac_open_connections", &[]).await;
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row5_slowloris_is_closed_at_the_header_deadline_while_others_are_served() {
+    let (origin, shellac) = start_limited("header_timeout: 2s").await;
+    assert_eq!(shellac.get("/hot").await.status, 200);
+    assert_eq!(open_connections_settle(&shellac, 0.0).await, 0.0);
+    let opened = Instant::now();
+    let mut slow = Client::connect(shellac.addr).await.unwrap();
+    let mut silent = Client::connect(shellac.addr).await.unwrap();
+    // One header byte per second: each read resets Pingora's own per-read timeout.
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Padding: aaaaaaaaaaaaaaaa" {
+            if slow.send_raw(&[*b]).await.is_err() || slow.is_closed(Duration::from_secs(1)).await {
+                return Some(opened.elapsed());
+            }
+        }
+        None
+    });
+    let quiet = tokio::spawn(async move {
+        silent
+            .is_closed(Duration::from_secs(5))
+            .await
+            .then(|| opened.elapsed())
+    });
+    // Meanwhile other clients are answered from the cache at once.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        let r = shellac.get("/hot").await;
+        let took = t.elapsed();
+        assert_eq!(r.status, 200);
+        assert!(
+            r.header("cache-status").is_some_and(|s| s.contains("hit")),
+            "{:?}",
+            r.header("cache-status")
+        );
+        assert!(took < Duration::from_millis(100), "probe took {took:?}");
+    }
+    let slow_closed = trickle
+        .await
+        .unwrap()
+        .expect("the trickling client was never closed");
+    let silent_closed = quiet
+        .await
+        .unwrap()
+        .expect("the silent client was never closed");
+    for (who, t) in [("trickling", slow_closed), ("silent", silent_closed)] {
+        assert!(
+            t >= Duration::from_millis(1800) && t <= Duration::from_secs(3),
+            "{who} client closed after {t:?}, want header_timeout (2 s) to 3 s"
+        );
+    }
+    assert_eq!(
+        shellac.metric("shellac_header_timeouts_total", &[]).await,
+        2.0
+    );
+    assert_eq!(origin.count_path("/slow"), 0);
+    assert_eq!(
+        open_connections_settle(&shellac, 0.0).await,
+        0.0,
+        "timed-out connections are released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row5_idle_keepalive_is_closed_at_keepalive_timeout_not_at_the_header_deadline() {
+    let (_origin, shellac) = start_limited("header_timeout: 1s, keepalive_timeout: 3s").await;
+    let mut c = Client::connect(shellac.addr).await.unwrap();
+    assert_eq!(c.request("GET", "/a", &[], b"").await.unwrap().status, 200);
+    // Idle time between requests is keepalive_timeout's, not the header deadline's.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.request("GET", "/a", &[], b"").await.unwrap().status, 200);
+    let idle = Instant::now();
+    assert!(c.is_closed(Duration::from_secs(6)).await);
+    let t = idle.elapsed();
+    assert!(
+        t >= Duration::from_millis(2800) && t <= Duration::from_secs(4),
+        "idle connection closed after {t:?}, want keepalive_timeout (3 s)"
+    );
+    assert_eq!(
+        shellac.metric("shellac_header_timeouts_total", &[]).await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row5_per_ip_cap_closes_extra_connections_and_spares_other_ips() {
+    let (_origin, shellac) = start_limited("max_connections_per_ip: 5").await;
+    assert_eq!(open_connections_settle(&shellac, 0.0).await, 0.0);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut c = Client::connect(shellac.addr).await.unwrap();
+        assert_eq!(c.request("GET", "/a", &[], b"").await.unwrap().status, 200);
+        held.push(c);
+    }
+    let mut sixth = Client::connect(shellac.addr).await.unwrap();
+    let t = Instant::now();
+    assert!(sixth.is_closed(Duration::from_secs(2)).await);
+    assert!(t.elapsed() < Duration::from_millis(500), "closed at once");
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut c2 = Client::connect_from(other, shellac.addr).await.unwrap();
+    assert_eq!(c2.request("GET", "/a", &[], b"").await.unwrap().status, 200);
+    assert_eq!(shellac.metric("shellac_open_connections", &[]).await, 6.0);
+    assert_eq!(
+        shellac
+            .metric(
+                "shellac_connections_refused_total",
+                &[("reason", "per_ip_cap")]
+            )
+            .await,
+        1.0
+    );
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    assert_eq!(open_connections_settle(&shellac, 5.0).await, 5.0);
+    let mut again = Client::connect(shellac.addr).await.unwrap();
+    assert_eq!(
+        again.request("GET", "/a", &[], b"").await.unwrap().status,
+        200
+    );
+    drop((held, c2, again));
+    assert_eq!(open_connections_settle(&shellac, 0.0).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row7_a_host_that_is_not_an_authority_is_refused() {
+    // Found by the cache-key fuzz harness: the key dropped what followed an IPv6 literal, so
+    // `[::1]evil` shared `[::1]`'s entries while the origin saw (and could reflect) the junk.
+    let (origin, shellac) = start().await;
+    for host in ["[::1]evil", "a b", "a@b", "t:8o"] {
+        let (statuses, closed) = exchange(
+            &shellac,
+            format!("GET /k HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!((statuses.as_slice(), closed), (&[400][..], true), "{host}");
+    }
+    assert_eq!(origin.count_path("/k"), 0);
+    let r = shellac.request("GET", "/k", &[("Host", "[::1]:80")]).await;
+    assert_eq!(r.status, 200);
 }

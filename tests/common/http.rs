@@ -406,6 +406,23 @@ impl Client {
         })
     }
 
+    /// As [`Client::connect`], from the local address `from` (another loopback address is
+    /// another client IP).
+    pub async fn connect_from(
+        from: std::net::IpAddr,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<Client> {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(std::net::SocketAddr::new(from, 0))?;
+        let s = sock.connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Client {
+            r: BufReader::new(r),
+            w,
+        })
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.w.write_all(bytes).await
     }
