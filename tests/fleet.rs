@@ -242,3 +242,56 @@ fn the_local_cluster_script_starts_and_stops_a_fleet() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_while_revalidate_refreshes_once_per_fleet() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let version = Arc::new(AtomicUsize::new(1));
+    let v = version.clone();
+    let origin = Origin::start(move |req| {
+        Reply::ok(format!("{} v{}", req.path(), v.load(Ordering::SeqCst)))
+            .header("Cache-Control", "max-age=1, stale-while-revalidate=60")
+            .delay(Duration::from_millis(100))
+    })
+    .await;
+    let nodes = three_nodes(&fleet_config(&origin, &[&a, &b], "2s")).await;
+    nodes[0].get("/swr").await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for n in &nodes {
+        assert_eq!(n.get("/swr").await.text(), "/swr v1"); // warm every node's memory tier
+    }
+    version.store(2, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // One stale hit on each node at once: each would refresh on its own without the lease.
+    let mut tasks = Vec::new();
+    for n in &nodes {
+        let addr = n.addr;
+        tasks.push(tokio::spawn(async move {
+            common::http::get(addr, "/swr").await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().text(), "/swr v1", "served stale at once");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        origin.count(),
+        2,
+        "one fill and one background refresh for the whole fleet"
+    );
+    // The refresh reaches every node through memcached.
+    let t = Instant::now();
+    for (i, n) in nodes.iter().enumerate() {
+        loop {
+            if n.get("/swr").await.text() == "/swr v2" {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "node {i} never saw the refresh"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(origin.count(), 2);
+}

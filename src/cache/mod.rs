@@ -137,6 +137,14 @@ impl Cache {
     /// answer `only-if-cached` misses with 504 (§5.2.1.7). `Ok(false)` = do not go upstream.
     pub async fn before_upstream(&self, session: &mut Session, cx: &mut CacheCtx) -> Result<bool> {
         cx.had_stale = matches!(session.cache.phase(), CachePhase::Stale);
+        // A background stale-while-revalidate refresh: once per object per fleet, not per node.
+        if cx.had_stale && session.subrequest_ctx.is_some() {
+            if let Some(key) = session.cache.maybe_cache_key() {
+                if !self.storage.may_refresh(key).await {
+                    return Ok(false);
+                }
+            }
+        }
         if policy::only_if_cached(session.req_header()) {
             let mut resp = ResponseHeader::build(504, Some(3))?;
             resp.insert_header(http::header::CONTENT_LENGTH, 0)?;

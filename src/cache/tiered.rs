@@ -220,6 +220,35 @@ impl Tiered {
         }
     }
 
+    /// For a background refresh (stale-while-revalidate): true if this node may go to the
+    /// origin, i.e. it holds or wins the object's fleet lease. Another node refreshing means
+    /// this one keeps serving stale until that refresh lands in memcached.
+    pub async fn may_refresh(&'static self, key: &CacheKey) -> bool {
+        let Some(l2) = self.l2 else { return true };
+        if self.leases.lock().contains(&k128(key)) {
+            return true;
+        }
+        match l2
+            .try_lease(&key.combined(), self.node, self.lock_timeout)
+            .await
+        {
+            Ok(true) => {
+                self.leases.lock().insert(k128(key));
+                crate::metrics::FLEET_LEASES
+                    .with_label_values(&["won"])
+                    .inc();
+                true
+            }
+            Ok(false) => {
+                crate::metrics::FLEET_LEASES
+                    .with_label_values(&["waited"])
+                    .inc();
+                false
+            }
+            Err(_) => true, // memcached unavailable: refresh per node
+        }
+    }
+
     /// Ends this node's lease on `key` if it holds one: `pass` when no fill will follow, so
     /// waiting nodes go to the origin at once.
     pub fn release(&'static self, key: &CacheKey, pass: bool) {
