@@ -14,7 +14,7 @@ pub const VIA: &str = "1.1 shellac";
 
 /// Fields that describe one connection, never the message (RFC 9110 §7.6.1), plus the
 /// pre-standard `Keep-Alive`/`Proxy-Connection` that clients and origins still send.
-const HOP_BY_HOP: [&str; 7] = [
+pub const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -96,28 +96,34 @@ pub fn upstream_response(resp: &mut ResponseHeader) {
         // A 101 needs Connection/Upgrade to mean anything; Pingora only lets WebSocket through.
         return;
     }
-    let mut nominated: [Option<HeaderName>; 8] = Default::default();
-    let mut n = 0;
-    for v in resp.headers.get_all(header::CONNECTION) {
-        for token in v.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            if n < nominated.len() && !token.is_empty() {
-                if let Ok(name) = HeaderName::from_bytes(token) {
-                    nominated[n] = Some(name);
-                    n += 1;
-                }
-            }
-        }
-    }
-    for name in nominated.into_iter().flatten() {
-        // Framing fields are Pingora's to manage; an origin cannot make us drop them.
-        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-            resp.remove_header(&name);
-        }
+    for name in connection_nominated(&resp.headers).into_iter().flatten() {
+        resp.remove_header(&name);
     }
     for name in HOP_BY_HOP {
         resp.remove_header(name);
     }
+}
+
+/// The fields a message's `Connection` header names (RFC 9110 §7.6.1), at most 8, minus those a
+/// peer must never make us drop: Host, framing, and the forwarding fields Shellac sets. An array,
+/// not a Vec: no allocation when (as usual) nothing is named.
+pub fn connection_nominated(headers: &http::HeaderMap) -> [Option<HeaderName>; 8] {
+    let mut out: [Option<HeaderName>; 8] = Default::default();
+    let names = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .filter(|name| {
+            *name != header::HOST
+                && *name != header::CONTENT_LENGTH
+                && *name != header::TRANSFER_ENCODING
+                && !name.as_str().starts_with("x-forwarded-")
+        });
+    for (slot, name) in out.iter_mut().zip(names) {
+        *slot = Some(name);
+    }
+    out
 }
 
 #[cfg(test)]

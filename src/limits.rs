@@ -82,7 +82,9 @@ fn header_bytes(h: &http::HeaderMap) -> u64 {
         .sum()
 }
 
-fn content_length(req: &RequestHeader) -> Option<u64> {
+/// The declared body length (the first of identical repeated values; Pingora has already
+/// refused differing ones).
+pub fn content_length(req: &RequestHeader) -> Option<u64> {
     let v = req.headers.get(http::header::CONTENT_LENGTH)?;
     std::str::from_utf8(v.as_bytes())
         .ok()?

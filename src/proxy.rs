@@ -262,22 +262,9 @@ impl ProxyHttp for Proxy {
         ctx.attempts += 1;
         let failed = &ctx.failed;
         let skip = |b: &Backend| b.addr.as_inet().is_some_and(|a| failed.contains(a));
-        let backend = if group.consistent {
-            let req = session.req_header();
-            let host = route::request_host(req).as_bytes();
-            let pq = req
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .as_bytes();
-            let mut key = Vec::with_capacity(host.len() + pq.len());
-            key.extend_from_slice(host);
-            key.extend_from_slice(pq);
-            group.select(&key, skip)
-        } else {
-            group.select(b"", skip)
-        };
-        let backend = backend.ok_or_else(no_backend)?;
+        let backend = group
+            .select_for(session.req_header(), skip)
+            .ok_or_else(no_backend)?;
         let peer = group.peer(&backend);
         ctx.backend = Some((backend, Instant::now()));
         Ok(Box::new(peer))

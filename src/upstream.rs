@@ -111,6 +111,27 @@ impl Group {
         }
     }
 
+    /// The backend for `req`: Ketama groups hash host + path + query, the others ignore the key.
+    pub fn select_for(
+        &self,
+        req: &pingora::http::RequestHeader,
+        skip: impl Fn(&Backend) -> bool,
+    ) -> Option<Backend> {
+        if !self.consistent {
+            return self.select(b"", skip);
+        }
+        let host = crate::route::request_host(req).as_bytes();
+        let pq = req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes();
+        let mut key = Vec::with_capacity(host.len() + pq.len());
+        key.extend_from_slice(host);
+        key.extend_from_slice(pq);
+        self.select(&key, skip)
+    }
+
     pub fn peer(&self, backend: &Backend) -> HttpPeer {
         let mut peer = HttpPeer::new(backend, false, String::new());
         let o = &mut peer.options;

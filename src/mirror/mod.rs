@@ -20,6 +20,7 @@ mod request;
 mod task;
 
 use crate::config::{self, MirrorLimits};
+use crate::limits::content_length as declared_length;
 use crate::metrics;
 use crate::upstream::Group;
 use bytes::Bytes;
@@ -27,7 +28,7 @@ use http::{HeaderMap, Method};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use prometheus::IntCounter;
-use request::{declared_length, describe, select, staging_request};
+use request::{describe, staging_request};
 use std::cell::Cell;
 use std::sync::Arc;
 use task::{Msg, Production};
@@ -187,7 +188,7 @@ impl Mirror {
             return None;
         };
         let group = &groups[m.upstream];
-        let Some(backend) = select(group, req) else {
+        let Some(backend) = group.select_for(req, |_| false) else {
             m.stats.count(Outcome::Error);
             self.shared
                 .log_line(&m.name, &describe(req, request_id), || {

@@ -1,45 +1,11 @@
 //! The copy staging receives, built from the client's request header.
 
-use crate::upstream::Group;
 use pingora::http::RequestHeader;
 
-pub(super) fn declared_length(req: &RequestHeader) -> Option<u64> {
-    let v = req.headers.get(http::header::CONTENT_LENGTH)?;
-    std::str::from_utf8(v.as_bytes())
-        .ok()?
-        .split(',')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-pub(super) fn select(group: &Group, req: &RequestHeader) -> Option<pingora::lb::Backend> {
-    if !group.consistent {
-        return group.select(b"", |_| false);
-    }
-    let host = crate::route::request_host(req).as_bytes();
-    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut key = Vec::with_capacity(host.len() + pq.len());
-    key.extend_from_slice(host);
-    key.extend_from_slice(pq.as_bytes());
-    group.select(&key, |_| false)
-}
-
-/// Request fields that describe the client's connection to Shellac, not the message. Pingora
+/// Beyond `forward`'s hop-by-hop set: the credentials meant for Shellac itself, and `Expect`
+/// (the body is sent at once; staging must not wait for a 100 Continue nobody reads). Pingora
 /// strips these on the production path; the mirror uses a raw connector, so it strips them here.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    // The body is sent at once; staging must not wait for a 100 Continue nobody reads.
-    "expect",
-];
+const MIRROR_ONLY: [&str; 2] = ["proxy-authorization", "expect"];
 
 /// What staging receives: the request as production's origin would (hop-by-hop fields gone,
 /// X-Forwarded-*, Via, X-Request-Id, unkeyed fields stripped, see `forward`), marked as a copy.
@@ -49,26 +15,14 @@ pub(super) fn staging_request(
     request_id: &str,
 ) -> pingora::Result<RequestHeader> {
     let mut fwd = req.clone();
-    let nominated: Vec<http::HeaderName> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|t| http::HeaderName::from_bytes(t.trim_ascii()).ok())
-        .collect();
-    for name in nominated {
-        // As on the production path: a client cannot make us drop the host, framing or
-        // forwarding fields by naming them in Connection.
-        let protected = name == http::header::HOST
-            || name == http::header::CONTENT_LENGTH
-            || name == http::header::TRANSFER_ENCODING
-            || name.as_str().starts_with("x-forwarded-");
-        if !protected {
-            fwd.remove_header(&name);
-        }
+    for name in crate::forward::connection_nominated(&req.headers)
+        .into_iter()
+        .flatten()
+    {
+        fwd.remove_header(&name);
     }
-    for name in HOP_BY_HOP {
-        fwd.remove_header(name);
+    for name in crate::forward::HOP_BY_HOP.iter().chain(&MIRROR_ONLY) {
+        fwd.remove_header(*name);
     }
     crate::forward::upstream_request(&mut fwd, client)?;
     crate::request_id::forward(&mut fwd, request_id)?;
