@@ -193,7 +193,7 @@ fn the_local_cluster_script_starts_and_stops_a_fleet() {
     }));
     let dir = common::temp_dir();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster");
-    let port_base = (common::free_port() / 10 * 10).clamp(20000, 60000);
+    let port_base = free_port_block();
     let out = std::process::Command::new(script)
         .args(["start", dir.to_str().unwrap()])
         .env("SHELLAC_BIN", common::BIN)
@@ -294,4 +294,14 @@ async fn stale_while_revalidate_refreshes_once_per_fleet() {
         }
     }
     assert_eq!(origin.count(), 2);
+}
+
+/// A base port below the kernel's ephemeral range (32768+, where client sockets land) whose
+/// every offset deploy/cluster uses (+0..+33) is free right now.
+fn free_port_block() -> u16 {
+    let start = 20000 + (std::process::id() % 300) as u16 * 40;
+    (0..300u16)
+        .map(|i| 20000 + (start - 20000 + i * 40) % 12000)
+        .find(|base| (0..34).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()))
+        .expect("a free block of 34 ports below 32000")
 }
