@@ -8,9 +8,13 @@ use crate::proxy::Proxy;
 use crate::route::Router;
 use crate::upstream::Group;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
+
+const READ_BUFFER: usize = 0;
+const WRITE_BUFFER: usize = 16 * 1024;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::sync::Arc;
@@ -63,7 +67,9 @@ pub fn build(opt: Opt, config: Config) -> Server {
         Counted::new(Arc::new(http), &limits),
     );
     for addr in &listen {
-        public.add_tcp(&addr.to_string());
+        let endpoint = ListenerConfig::tcp(addr.to_string())
+            .l4_buffer(L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER));
+        public.add_listener(endpoint);
         log::info!("listening on http://{addr}");
     }
     server.add_service(public);

@@ -7,6 +7,12 @@ use shellac::config::Config;
 use shellac::reload;
 use std::process::exit;
 
+// glibc malloc took about a tenth of the CPU on cache hits (many small, short-lived header and
+// buffer allocations, freed on other worker threads); with mimalloc's per-thread free lists a
+// hit costs about 7% less CPU (see README, "Performance").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     reload::ignore_sighup();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
