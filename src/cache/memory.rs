@@ -311,11 +311,7 @@ impl Storage for MemoryStore {
             PurgeTarget::Active(k) => self.purge_all(k),
             PurgeTarget::Exact(e) => self.remove(key128(e.key().combined_bin())),
         };
-        Ok(if found {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
-        })
+        Ok(super::purge_outcome(found))
     }
 
     async fn update_meta(

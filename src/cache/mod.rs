@@ -413,6 +413,16 @@ impl Cache {
     }
 }
 
+/// What a store reports to Pingora for a purge that did or did not remove something (we hand
+/// out no entry ids).
+fn purge_outcome(found: bool) -> pingora::cache::PurgeOutcome {
+    if found {
+        pingora::cache::PurgeOutcome::Purged(None)
+    } else {
+        pingora::cache::PurgeOutcome::NotFound
+    }
+}
+
 /// The adapter's settings for a `cache.memcached` section.
 pub fn memcached_settings(m: &config::Memcached) -> MemcachedSettings {
     MemcachedSettings {

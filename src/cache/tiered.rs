@@ -338,11 +338,7 @@ impl Storage for Tiered {
         if let Some(l2) = self.l2 {
             found |= matches!(l2.purge(target, ty, trace).await?, PurgeOutcome::Purged(_));
         }
-        Ok(if found {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
-        })
+        Ok(super::purge_outcome(found))
     }
 
     async fn update_meta(
