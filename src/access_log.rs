@@ -136,7 +136,10 @@ fn format_line(session: &Session, f: &Facts, now: SystemTime) -> String {
     line.push(' ');
     push_field(&mut line, req.method.as_str().as_bytes());
     line.push(' ');
-    push_field(&mut line, crate::route::request_host(req).as_bytes());
+    push_field(
+        &mut line,
+        crate::authority::Authority::of(req).host().as_bytes(),
+    );
     line.push(' ');
     let target = req.uri.path_and_query().map_or("", |p| p.as_str());
     push_field(&mut line, target.as_bytes());

@@ -78,11 +78,7 @@ fn normalize_content_length(req: &mut RequestHeader) -> Result<()> {
     let Some(first) = req.headers.get(header::CONTENT_LENGTH) else {
         return Ok(());
     };
-    let len = std::str::from_utf8(first.as_bytes())
-        .ok()
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match len {
+    match crate::limits::parse_content_length(first) {
         Some(len) => req.insert_header(header::CONTENT_LENGTH, len).map(|_| ()),
         None => pingora::Error::e_explain(
             pingora::ErrorType::InvalidHTTPHeader,

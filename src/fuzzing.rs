@@ -27,7 +27,7 @@ pub fn cache_key(data: &[u8]) {
     let k = key::build(&authority, target).primary();
     // Host case never matters for a Host that passes `limits` (only those reach the key);
     // any change to the path does.
-    if limits::valid_host(authority.as_bytes()) {
+    if crate::authority::valid(authority.as_bytes()) {
         assert_eq!(
             key::build(&authority.to_ascii_uppercase(), target).primary(),
             k

@@ -20,6 +20,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod authority;
 pub mod cache;
 pub mod config;
 pub mod conn;

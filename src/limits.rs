@@ -26,7 +26,7 @@ pub fn check_request(req: &RequestHeader, limits: &Limits) -> Option<u16> {
     // RFC 9112 §3.2: a Host that is not `uri-host [":" port]` is a 400. Junk after an IPv6
     // literal would otherwise be dropped from the cache key but still reach the origin.
     if let Some(host) = req.headers.get(http::header::HOST) {
-        if !valid_host(host.as_bytes()) {
+        if !crate::authority::valid(host.as_bytes()) {
             return Some(400);
         }
     }
@@ -36,38 +36,6 @@ pub fn check_request(req: &RequestHeader, limits: &Limits) -> Option<u16> {
         }
     }
     None
-}
-
-/// Whether `host` is `uri-host [":" port]` (RFC 3986 §3.2.2): an IP literal in brackets or a
-/// reg-name (unreserved, pct-encoded and sub-delim characters; IPv4 addresses are reg-names
-/// syntactically), then optionally a colon and digits. Empty is allowed (§3.2.2 of RFC 9112
-/// permits an empty Host when the target has no authority).
-pub fn valid_host(host: &[u8]) -> bool {
-    let (name, port) = if host.first() == Some(&b'[') {
-        let Some(end) = host.iter().position(|b| *b == b']') else {
-            return false;
-        };
-        let literal = &host[1..end];
-        if literal.is_empty()
-            || !literal
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b":.-_~!$&'()*+,;=".contains(b))
-        {
-            return false;
-        }
-        match &host[end + 1..] {
-            [] => return true,
-            [b':', port @ ..] => (&[][..], port),
-            _ => return false,
-        }
-    } else {
-        match host.iter().rposition(|b| *b == b':') {
-            Some(i) => (&host[..i], &host[i + 1..]),
-            None => (host, &[][..]),
-        }
-    };
-    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
-    name.iter().all(reg_name) && port.iter().all(u8::is_ascii_digit)
 }
 
 /// An origin response header over the limit is refused before anything is stored.
@@ -85,7 +53,11 @@ fn header_bytes(h: &http::HeaderMap) -> u64 {
 /// The declared body length (the first of identical repeated values; Pingora has already
 /// refused differing ones).
 pub fn content_length(req: &RequestHeader) -> Option<u64> {
-    let v = req.headers.get(http::header::CONTENT_LENGTH)?;
+    parse_content_length(req.headers.get(http::header::CONTENT_LENGTH)?)
+}
+
+/// The one Content-Length parser: the first of a comma-separated list, `None` if not a number.
+pub fn parse_content_length(v: &http::HeaderValue) -> Option<u64> {
     std::str::from_utf8(v.as_bytes())
         .ok()?
         .split(',')
@@ -197,7 +169,7 @@ mod tests {
             "a_b-c~d%41",
             "",
         ] {
-            assert!(valid_host(ok.as_bytes()), "{ok}");
+            assert!(crate::authority::valid(ok.as_bytes()), "{ok}");
         }
         for bad in [
             "[::1]evil",
@@ -212,7 +184,7 @@ mod tests {
             "a#b",
             "caf\u{e9}",
         ] {
-            assert!(!valid_host(bad.as_bytes()), "{bad}");
+            assert!(!crate::authority::valid(bad.as_bytes()), "{bad}");
         }
         assert_eq!(
             check_request(&req("/", &[("Host", "[::1]evil")]), &limits()),

@@ -2,6 +2,7 @@
 //! concern; per-request facts live in [`Ctx`].
 
 use crate::access_log;
+use crate::authority::Authority;
 use crate::cache::{Cache, CacheCtx};
 use crate::config::Limits;
 use crate::forward;
@@ -10,7 +11,7 @@ use crate::metrics;
 use crate::mirror::{self, Mirror};
 use crate::reload;
 use crate::request_id;
-use crate::route::{self, Router};
+use crate::route::Router;
 use crate::upstream::Group;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -147,7 +148,7 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs()));
         }
         let req = session.req_header();
-        ctx.route = self.router.find(route::request_host(req), req.uri.path());
+        ctx.route = self.router.find(Authority::of(req).host(), req.uri.path());
         if ctx.route.is_none() {
             if !session.is_body_empty() {
                 return refuse(session, 404).await;
@@ -206,8 +207,8 @@ impl ProxyHttp for Proxy {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let route = self.route(ctx);
-        self.cache.enable(session, route, &mut ctx.cache);
+        let rule = self.route(ctx).cache;
+        self.cache.enable(session, &rule, &mut ctx.cache);
         Ok(())
     }
 
@@ -249,12 +250,8 @@ impl ProxyHttp for Proxy {
     }
 
     fn should_serve_stale(&self, _s: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
-        // The stored windows (stale-while-revalidate, stale-if-error, route defaults; zero under
-        // must-revalidate and friends) decide; here only which failures count: the origin's.
-        error.is_none_or(|e| {
-            e.esource() == &pingora::ErrorSource::Upstream
-                || matches!(e.etype(), ErrorType::HTTPStatus(500..=599))
-        })
+        // The stored windows decide how long; the policy decides which failures count.
+        crate::cache::policy::stale::error_may_serve_stale(error)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -322,9 +319,8 @@ impl ProxyHttp for Proxy {
             );
         }
         forward::upstream_response(resp);
-        let route = self.route(ctx);
         self.cache
-            .upstream_response(session, resp, &mut ctx.cache, route)
+            .upstream_response(session, resp, &mut ctx.cache)
             .await;
         Ok(())
     }

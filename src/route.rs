@@ -1,6 +1,8 @@
 //! Which upstream group a request goes to: routes matched in config order on host and path
-//! prefix, first match wins.
+//! prefix, first match wins. The host is the normalised one of [`crate::authority`], the same
+//! the cache key holds.
 
+use crate::cache::CacheRule;
 use crate::config;
 
 pub struct Route {
@@ -9,8 +11,8 @@ pub struct Route {
     path_prefix: String,
     /// Index into the proxy's upstream groups.
     pub upstream: usize,
-    pub cache: bool,
-    pub stale: crate::cache::policy::StaleDefaults,
+    /// What the cache does for this route's requests.
+    pub cache: CacheRule,
 }
 
 enum HostPattern {
@@ -58,19 +60,14 @@ impl Router {
                     host,
                     path_prefix: r.path_prefix.clone(),
                     upstream: upstream_index(&r.upstream),
-                    cache: r.cache,
-                    stale: crate::cache::policy::StaleDefaults {
-                        while_revalidate: r.stale_while_revalidate.as_secs().min(u32::MAX as u64)
-                            as u32,
-                        if_error: r.stale_if_error.as_secs().min(u32::MAX as u64) as u32,
-                    },
+                    cache: CacheRule::for_route(r),
                 }
             })
             .collect();
         Router { routes }
     }
 
-    /// `host` is the request's host without port.
+    /// `host` is the request's normalised host ([`crate::authority::Authority::host`]).
     pub fn find(&self, host: &str, path: &str) -> Option<usize> {
         self.routes
             .iter()
@@ -84,33 +81,6 @@ impl Router {
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
-}
-
-/// The host a request names, without port: the absolute-form authority if present (RFC 9112
-/// §3.2.2 says it wins over Host), else the Host header.
-pub fn request_host(req: &pingora::http::RequestHeader) -> &str {
-    strip_port(request_authority(req))
-}
-
-/// The authority a request names (host and optional port), by the same rule.
-pub fn request_authority(req: &pingora::http::RequestHeader) -> &str {
-    match req.uri.authority() {
-        // Userinfo is never part of the host; Pingora refuses to forward it anyway.
-        Some(a) => a.as_str().rsplit('@').next().unwrap_or(""),
-        None => req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop what follows them.
-        return host.find(']').map_or(host, |i| &host[..=i]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 #[cfg(test)]
@@ -143,12 +113,5 @@ mod tests {
         );
         assert_eq!(up("other.test", "/"), 3);
         assert_eq!(up("evilexample.com", "/"), 3);
-    }
-
-    #[test]
-    fn ports_are_stripped() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }

@@ -120,7 +120,8 @@ impl Group {
         if !self.consistent {
             return self.select(b"", skip);
         }
-        let host = crate::route::request_host(req).as_bytes();
+        let authority = crate::authority::Authority::of(req);
+        let host = authority.host().as_bytes();
         let pq = req
             .uri
             .path_and_query()

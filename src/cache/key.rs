@@ -5,20 +5,26 @@
 //! byte-identical to the path forwarded to the origin, and two spellings an origin might treat
 //! as one (`%2F` vs `/`) stay two entries rather than one entry some other URL can poison.
 
+use crate::authority::Authority;
 use pingora::cache::CacheKey;
 use pingora::http::RequestHeader;
 
 /// The cache key for a request; variants (Vary) are added later by Pingora.
 pub fn for_request(req: &RequestHeader) -> CacheKey {
-    build(crate::route::request_authority(req), path_and_query(req))
+    of(&Authority::of(req), path_and_query(req))
 }
 
 /// The key for `path_and_query` on `authority` (a Host value, possibly with port).
 pub fn build(authority: &str, path_and_query: &[u8]) -> CacheKey {
-    let (host, port) = split_port(authority);
-    let host = host.strip_suffix('.').unwrap_or(host);
+    of(&Authority::parse(authority), path_and_query)
+}
+
+/// The key for `path_and_query` on a normalised authority: the same normal form routing
+/// matches on, so a response is only ever stored where its own route looks it up.
+pub fn of(authority: &Authority, path_and_query: &[u8]) -> CacheKey {
+    let (host, port) = (authority.host(), authority.port());
     // Length-prefixed fields: no two different (host, path) pairs frame to the same bytes.
-    let mut primary = Vec::with_capacity(16 + host.len() + path_and_query.len());
+    let mut primary = Vec::with_capacity(16 + host.len() + port.len() + path_and_query.len());
     for part in [
         b"http".as_slice(),
         host.as_bytes(),
@@ -28,28 +34,7 @@ pub fn build(authority: &str, path_and_query: &[u8]) -> CacheKey {
         primary.extend_from_slice(&(part.len() as u32).to_be_bytes());
         primary.extend_from_slice(part);
     }
-    // Host sits after the scheme field (4 + 4 bytes) and its own length prefix (4 bytes).
-    primary[12..12 + host.len()].make_ascii_lowercase();
     CacheKey::new(primary, "")
-}
-
-fn split_port(authority: &str) -> (&str, &str) {
-    let (host, port) = if authority.starts_with('[') {
-        // An IPv6 literal: the port, if any, follows the closing bracket.
-        match authority.find(']') {
-            Some(i) => (
-                &authority[..=i],
-                authority[i + 1..].strip_prefix(':').unwrap_or(""),
-            ),
-            None => (authority, ""),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
-            _ => (authority, ""),
-        }
-    };
-    (host, if port == "80" { "" } else { port })
 }
 
 /// The request target's path and query as received: origin-form as is, absolute-form from the

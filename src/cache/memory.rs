@@ -263,7 +263,7 @@ impl MemoryStore {
         if len > self.max_object {
             return;
         }
-        fix_length(&mut meta.header, len);
+        super::stored::frame(&mut meta.header, len);
         let entry = Entry {
             primary: key128(key.primary_bin()),
             meta,
@@ -311,7 +311,7 @@ impl Storage for MemoryStore {
             PurgeTarget::Active(k) => self.purge_all(k),
             PurgeTarget::Exact(e) => self.remove(key128(e.key().combined_bin())),
         };
-        Ok(super::purge_outcome(found))
+        Ok(super::purge::outcome(found))
     }
 
     async fn update_meta(
@@ -325,7 +325,7 @@ impl Storage for MemoryStore {
             return Ok(false);
         };
         let mut stored = StoredMeta::from_meta(meta);
-        fix_length(&mut stored.header, old.body_len);
+        super::stored::frame(&mut stored.header, old.body_len);
         let entry = Entry {
             primary: old.primary,
             meta: stored,
@@ -344,13 +344,6 @@ impl Storage for MemoryStore {
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
     }
-}
-
-/// The stored header always carries the real length: a chunked origin response becomes
-/// length-framed, so hits can be ranged (Pingora requires Content-Length) and HEAD is exact.
-fn fix_length(header: &mut ResponseHeader, len: usize) {
-    header.remove_header(&http::header::TRANSFER_ENCODING);
-    let _ = header.insert_header(http::header::CONTENT_LENGTH, len);
 }
 
 struct MemoryMiss {
@@ -381,7 +374,7 @@ impl HandleMiss for MemoryMiss {
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let mut meta = self.meta.take().expect("finish runs once");
-        fix_length(&mut meta.header, self.len);
+        super::stored::frame(&mut meta.header, self.len);
         let entry = Entry {
             primary: self.primary,
             meta,

@@ -1,13 +1,25 @@
 //! HTTP caching rules (RFC 9111) as pure functions of (request, response, time). Nothing here
 //! touches storage, sockets or clocks: callers pass `now`, so every rule is a table test.
 //!
-//! Choices where the RFC leaves room (documented in the README):
+//! Choices where the RFC leaves room (documented in docs/caching.md):
 //! - Responses with `Set-Cookie` are stored only when the origin marks them `public`; a cookie
 //!   is per user and an origin that forgets `private` must not leak it to everyone.
 //! - No default TTL: a response without explicit freshness is stored only when the §4.2.2
 //!   heuristic applies (`Last-Modified`, heuristically cacheable status or `public`).
 //! - A response that is stale on arrival is stored only if it can be revalidated (has a
 //!   validator) or served stale (has a stale window); otherwise storing it could never help.
+//!
+//! Sub-modules: [`age`] (§4.2.3 arithmetic, saturating), [`stale`] (§4.2.4: when stale may be
+//! served), [`revalidate`] (§3.2: the 304 merge), [`invalidate`] (§4.4), [`refusal`] (why not).
+
+pub mod age;
+pub mod invalidate;
+pub mod refusal;
+pub mod revalidate;
+pub mod stale;
+
+pub use age::{current_age, ttl_secs};
+pub use refusal::Refusal;
 
 use pingora::cache::cache_control::CacheControl;
 use pingora::cache::{CacheMeta, ForcedFreshness};
@@ -35,9 +47,6 @@ pub struct Timing {
     pub response_received: SystemTime,
 }
 
-/// Why a response was not stored; a closed set, used as a metric label.
-pub type Refusal = &'static str;
-
 /// Decides whether `resp` to `req` may be stored (§3) and builds its metadata: freshness
 /// (§4.2.1), the initial age (§4.2.3), stale windows (§4.2.4, RFC 5861) and the stored header.
 pub fn storable(
@@ -47,38 +56,96 @@ pub fn storable(
     heuristic: Heuristic,
     stale: StaleDefaults,
 ) -> Result<CacheMeta, Refusal> {
-    // §3: only methods whose responses we can reuse; HEAD is filled as GET by Pingora.
+    storable_exchange(req, resp)?;
+    let cc = CacheControl::from_resp_headers(resp);
+    let directives = Directives::of(cc.as_ref());
+    permitted(req, resp, &directives)?;
+    let date = header_date(resp, http::header::DATE).unwrap_or(t.response_received);
+    // §5.2.2.4: no-cache may be stored but must be validated before every reuse.
+    let lifetime = match freshness_lifetime(resp, cc.as_ref(), date, directives.public, heuristic) {
+        _ if directives.no_cache => Duration::ZERO,
+        Some(l) => l,
+        None => return Err(Refusal::NoFreshness),
+    };
+    let (swr, sie) = stale::windows(cc.as_ref(), stale);
+    let initial_age = age::initial_age(resp, date, t);
+    let fresh_until = age::fresh_until(t.response_received, lifetime, initial_age);
+    let fresh = fresh_until > t.response_received;
+    let validator = resp.headers.contains_key(http::header::ETAG)
+        || resp.headers.contains_key(http::header::LAST_MODIFIED);
+    if !fresh && !validator && swr == 0 && sie == 0 {
+        return Err(if directives.no_cache {
+            Refusal::NoCache
+        } else {
+            Refusal::Stale
+        });
+    }
+    Ok(CacheMeta::new(
+        fresh_until,
+        t.response_received,
+        swr,
+        sie,
+        stored_header(resp, cc.as_ref(), initial_age),
+    ))
+}
+
+/// The response directives `storable` consults more than once.
+struct Directives {
+    public: bool,
+    no_cache: bool,
+    s_maxage: bool,
+    must_revalidate: bool,
+    no_store: bool,
+    private: bool,
+}
+
+impl Directives {
+    fn of(cc: Option<&CacheControl>) -> Directives {
+        let has = |f: fn(&CacheControl) -> bool| cc.is_some_and(f);
+        Directives {
+            public: has(CacheControl::public),
+            no_cache: has(CacheControl::no_cache),
+            // An invalid s-maxage still says "shared caches, validate": count it.
+            s_maxage: cc.is_some_and(|c| !matches!(c.s_maxage(), Ok(None))),
+            must_revalidate: has(CacheControl::must_revalidate),
+            no_store: has(CacheControl::no_store),
+            private: has(CacheControl::private),
+        }
+    }
+}
+
+/// §3: a method whose responses we can reuse (HEAD is filled as GET by Pingora), and a final
+/// status we understand (a 206 is part of something we never asked for whole).
+fn storable_exchange(req: &RequestHeader, resp: &ResponseHeader) -> Result<(), Refusal> {
     if !matches!(req.method.as_str(), "GET" | "HEAD") {
-        return Err("method");
+        return Err(Refusal::Method);
     }
     let status = resp.status.as_u16();
-    // §3: a final status we understand; a 206 is part of something we never asked for whole.
     if !(200..600).contains(&status) || status == 206 || status == 304 {
-        return Err("status");
+        return Err(Refusal::Status);
     }
-    let req_cc = CacheControl::from_req_headers(req);
-    if req_cc.as_ref().is_some_and(|c| c.no_store()) {
-        return Err("request-no-store"); // §5.2.1.5
+    Ok(())
+}
+
+/// What the request and the response allow a shared cache to store (§3, §3.5, §4.1, §5.2).
+fn permitted(req: &RequestHeader, resp: &ResponseHeader, d: &Directives) -> Result<(), Refusal> {
+    if CacheControl::from_req_headers(req).is_some_and(|c| c.no_store()) {
+        return Err(Refusal::RequestNoStore); // §5.2.1.5
     }
-    let cc = CacheControl::from_resp_headers(resp);
-    let has = |f: fn(&CacheControl) -> bool| cc.as_ref().is_some_and(f);
-    if has(CacheControl::no_store) {
-        return Err("no-store"); // §5.2.2.5
+    if d.no_store {
+        return Err(Refusal::NoStore); // §5.2.2.5
     }
-    if has(CacheControl::private) {
-        return Err("private"); // §5.2.2.7: a shared cache MUST NOT store it
+    if d.private {
+        return Err(Refusal::Private); // §5.2.2.7: a shared cache MUST NOT store it
     }
-    let public = has(CacheControl::public);
-    let s_maxage = cc.as_ref().map(|c| c.s_maxage());
-    let has_s_maxage = matches!(s_maxage, Some(Ok(Some(_))) | Some(Err(_)));
     // §3.5: responses to authenticated requests only with explicit permission.
     if req.headers.contains_key(http::header::AUTHORIZATION)
-        && !(public || has_s_maxage || has(CacheControl::must_revalidate))
+        && !(d.public || d.s_maxage || d.must_revalidate)
     {
-        return Err("authorization");
+        return Err(Refusal::Authorization);
     }
-    if resp.headers.contains_key(http::header::SET_COOKIE) && !public {
-        return Err("set-cookie");
+    if resp.headers.contains_key(http::header::SET_COOKIE) && !d.public {
+        return Err(Refusal::SetCookie);
     }
     // §4.1: `Vary: *` never matches a later request, so storing it is useless.
     if resp.headers.get_all(http::header::VARY).iter().any(|v| {
@@ -86,54 +153,20 @@ pub fn storable(
             .split(|b| *b == b',')
             .any(|t| t.trim_ascii() == b"*")
     }) {
-        return Err("vary-star");
+        return Err(Refusal::VaryStar);
     }
+    Ok(())
+}
 
-    let date = header_date(resp, http::header::DATE).unwrap_or(t.response_received);
-    // §5.2.2.4: no-cache may be stored but must be validated before every reuse.
-    let no_cache = has(CacheControl::no_cache);
-    let lifetime = match freshness_lifetime(resp, cc.as_ref(), date, public, heuristic) {
-        _ if no_cache => Duration::ZERO,
-        Some(l) => l,
-        None => return Err("no-freshness"),
-    };
-    // §5.2.2.4, §5.2.2.2, §5.2.2.8, §5.2.2.10: each forbids serving stale without validation.
-    let no_stale = no_cache
-        || has(CacheControl::must_revalidate)
-        || has(CacheControl::proxy_revalidate)
-        || has_s_maxage;
-    let (swr, sie) = if no_stale {
-        (0, 0)
-    } else {
-        let pick = |v: Option<pingora::Result<Option<u32>>>, d: u32| match v {
-            Some(Ok(Some(s))) => s,
-            _ => d,
-        };
-        (
-            pick(
-                cc.as_ref().map(|c| c.stale_while_revalidate()),
-                stale.while_revalidate,
-            ),
-            pick(cc.as_ref().map(|c| c.stale_if_error()), stale.if_error),
-        )
-    };
-
-    let initial_age = initial_age(resp, date, t);
-    let fresh_until = if lifetime >= initial_age {
-        t.response_received + (lifetime - initial_age)
-    } else {
-        t.response_received - (initial_age - lifetime)
-    };
-    let fresh = fresh_until > t.response_received;
-    let validator = resp.headers.contains_key(http::header::ETAG)
-        || resp.headers.contains_key(http::header::LAST_MODIFIED);
-    if !fresh && !validator && swr == 0 && sie == 0 {
-        return Err(if no_cache { "no-cache" } else { "stale" });
-    }
-
+/// The header as stored: fields named by `private=`/`no-cache=` removed (§5.2.2.4, §5.2.2.7),
+/// `Age` replaced by the corrected initial age (hits add their resident time, §4.2.3).
+fn stored_header(
+    resp: &ResponseHeader,
+    cc: Option<&CacheControl>,
+    initial_age: Duration,
+) -> ResponseHeader {
     let mut header = resp.clone();
-    // §5.2.2.4, §5.2.2.7: the named fields must not be reused; drop them from the stored copy.
-    if let Some(cc) = &cc {
+    if let Some(cc) = cc {
         let named: Vec<String> = cc
             .private_field_names()
             .into_iter()
@@ -149,19 +182,12 @@ pub fn storable(
             header.remove_header(&n);
         }
     }
-    // The stored Age is the corrected initial age; hits add their resident time (§4.2.3).
     header.remove_header(&http::header::AGE);
     let age_secs = initial_age.as_secs();
     if age_secs > 0 {
         let _ = header.insert_header(http::header::AGE, age_secs);
     }
-    Ok(CacheMeta::new(
-        fresh_until,
-        t.response_received,
-        swr,
-        sie,
-        header,
-    ))
+    header
 }
 
 /// §4.2.1: s-maxage, then max-age, then Expires − Date; otherwise the §4.2.2 heuristic.
@@ -204,48 +230,12 @@ fn freshness_lifetime(
     Some(since.mul_f64(heuristic.fraction).min(heuristic.max))
 }
 
-/// §4.2.3: the age the response already had when it arrived, corrected for transit time.
-fn initial_age(resp: &ResponseHeader, date: SystemTime, t: Timing) -> Duration {
-    let age_value = resp
-        .headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
-    let apparent_age = t
-        .response_received
-        .duration_since(date)
-        .unwrap_or(Duration::ZERO);
-    let response_delay = t
-        .response_received
-        .duration_since(t.request_sent)
-        .unwrap_or(Duration::ZERO);
-    apparent_age.max(age_value + response_delay)
-}
-
-fn header_date(resp: &ResponseHeader, name: http::header::HeaderName) -> Option<SystemTime> {
+pub(crate) fn header_date(
+    resp: &ResponseHeader,
+    name: http::header::HeaderName,
+) -> Option<SystemTime> {
     let v = resp.headers.get(name)?.to_str().ok()?;
     httpdate::parse_http_date(v.trim()).ok()
-}
-
-/// The age of a stored response now (§4.2.3): its initial age plus the time since it was
-/// stored or last validated.
-pub fn current_age(meta: &CacheMeta, now: SystemTime) -> Duration {
-    let initial = meta
-        .headers()
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
-    initial + now.duration_since(meta.epoch()).unwrap_or(Duration::ZERO)
-}
-
-/// Seconds of freshness left (negative: stale for that long).
-pub fn ttl_secs(meta: &CacheMeta, now: SystemTime) -> i64 {
-    match meta.fresh_until().duration_since(now) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
 }
 
 /// What the request's own directives (§5.2.1) do to a stored response: `ForceExpired` makes
@@ -279,12 +269,7 @@ pub fn on_hit(req: &RequestHeader, meta: &CacheMeta, now: SystemTime) -> Option<
     if ttl < 0 && cc.has_key("max-stale") {
         // §5.2.1.2, unless the origin forbade serving it stale (§4.2.4).
         let stored = CacheControl::from_resp_headers(meta.response_header());
-        let forbidden = stored.is_some_and(|s| {
-            s.must_revalidate()
-                || s.proxy_revalidate()
-                || s.no_cache()
-                || matches!(s.s_maxage(), Ok(Some(_)))
-        });
+        let forbidden = stale::origin_forbids_stale(stored.as_ref());
         let within = match cc.parse_max_stale() {
             Ok(Some(limit)) => -ttl <= limit as i64,
             _ => true, // max-stale without a value: any staleness
@@ -299,11 +284,6 @@ pub fn on_hit(req: &RequestHeader, meta: &CacheMeta, now: SystemTime) -> Option<
 /// §5.2.1.7: the client wants only a stored response; a miss gets 504.
 pub fn only_if_cached(req: &RequestHeader) -> bool {
     CacheControl::from_req_headers(req).is_some_and(|c| c.only_if_cached())
-}
-
-/// §4.4: methods whose non-error responses invalidate stored responses for the target URI.
-pub fn invalidates(method: &http::Method, status: u16) -> bool {
-    !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE") && (200..400).contains(&status)
 }
 
 trait RequestDirectives {

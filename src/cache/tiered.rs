@@ -11,42 +11,28 @@
 //!   never waits for memcached; with L2 alone it is awaited, so local waiters find the entry.
 //! - memcached down: every L2 step fails fast (breaker) and the node behaves as memory-only.
 
-use super::memcached::fleet::Lease;
+use super::fleet::Fleet;
 use super::memcached::MemcachedStorage;
 use super::memory::{MemoryStore, StoredMeta};
+use super::promote::Promote;
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
-use pingora::cache::key::{CacheHashKey, CacheKey};
+use pingora::cache::key::CacheKey;
 use pingora::cache::storage::{
-    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
-    PurgeType,
+    HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
-
-/// How often a node waiting for another node's fill asks memcached whether it is done.
-const POLL: Duration = Duration::from_millis(15);
+use std::time::{Duration, SystemTime};
 
 pub struct Tiered {
     pub l1: Option<&'static MemoryStore>,
     pub l2: Option<&'static MemcachedStorage>,
-    node: u64,
-    lock_timeout: Duration,
+    /// Present with L2: the fleet shares one cache through it.
+    fleet: Option<Fleet>,
     purge_check: Duration,
-    /// Objects this node holds the fleet lease for.
-    leases: Mutex<HashSet<u128>>,
-    /// One poller per object per node; local waiters watch it instead of asking memcached.
-    polls: Mutex<HashMap<u128, watch::Receiver<bool>>>,
-}
-
-fn k128(key: &CacheKey) -> u128 {
-    u128::from_be_bytes(key.combined_bin())
 }
 
 impl Tiered {
@@ -59,11 +45,8 @@ impl Tiered {
         Tiered {
             l1,
             l2,
-            node: rand::random(),
-            lock_timeout,
+            fleet: l2.map(|l2| Fleet::new(l2, lock_timeout)),
             purge_check,
-            leases: Mutex::new(HashSet::new()),
-            polls: Mutex::new(HashMap::new()),
         }
     }
 
@@ -84,12 +67,11 @@ impl Tiered {
         if let Some(l1) = self.l1 {
             if let Some(e) = l1.entry(key) {
                 let mut purged = false;
-                if let (Some(l2), true) = (self.l2, e.check_due(now, self.purge_check)) {
-                    match l2.purge_marker(&key.primary()).await {
-                        Ok(Some(at)) if at >= e.created() => purged = true,
-                        Ok(_) => e.mark_checked(now),
-                        // memcached unreachable: keep serving, ask again next time.
-                        Err(_) => {}
+                if let (Some(fleet), true) = (&self.fleet, e.check_due(now, self.purge_check)) {
+                    match fleet.purged_since(key, e.created()).await {
+                        Some(true) => purged = true,
+                        Some(false) => e.mark_checked(now),
+                        None => {}
                     }
                 }
                 if purged {
@@ -122,146 +104,23 @@ impl Tiered {
         let Some(l1) = self.l1 else {
             return (meta, hit);
         };
-        let promote = Promote {
-            inner: hit,
-            l1,
-            key: key.clone(),
-            meta: Some(StoredMeta::from_meta(&meta)),
-            chunks: Vec::new(),
-            len: 0,
-        };
+        let promote = Promote::new(hit, l1, key, StoredMeta::from_meta(&meta));
         (meta, Box::new(promote))
     }
 
-    /// Nothing in any tier: make sure only one node of the fleet goes to the origin.
-    async fn coalesce(
-        &'static self,
-        key: &CacheKey,
-        trace: &SpanHandle,
-    ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(l2) = self.l2 else { return Ok(None) };
-        let k = k128(key);
-        if self.leases.lock().contains(&k) {
-            return Ok(None); // this node fetches; Pingora's local lock orders local requests
-        }
-        // Decide under the lock, await outside it.
-        let role = {
-            let mut polls = self.polls.lock();
-            match polls.get(&k) {
-                Some(rx) => Err(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(false);
-                    polls.insert(k, rx);
-                    Ok(tx)
-                }
-            }
-        };
-        let tx = match role {
-            Ok(tx) => tx,
-            Err(mut rx) => {
-                let _ = tokio::time::timeout(self.lock_timeout, rx.wait_for(|done| *done)).await;
-                return self.lookup_tiers(key, trace).await;
-            }
-        };
-        let result = self.wait_for_fleet(l2, key, trace).await;
-        self.polls.lock().remove(&k);
-        let _ = tx.send(true);
-        result
-    }
-
-    async fn wait_for_fleet(
-        &'static self,
-        l2: &'static MemcachedStorage,
-        key: &CacheKey,
-        trace: &SpanHandle,
-    ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let combined = key.combined();
-        let deadline = Instant::now() + self.lock_timeout;
-        loop {
-            match l2.try_lease(&combined, self.node, self.lock_timeout).await {
-                Ok(true) => {
-                    self.leases.lock().insert(k128(key));
-                    crate::metrics::FLEET_LEASES
-                        .with_label_values(&["won"])
-                        .inc();
-                    return Ok(None);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    // memcached unavailable: per-node coalescing only.
-                    log::debug!("fleet lease for {combined}: {e}");
-                    return Ok(None);
-                }
-            }
-            crate::metrics::FLEET_LEASES
-                .with_label_values(&["waited"])
-                .inc();
-            // Another node fetches: wait until its lease ends, then read what it stored.
-            loop {
-                if Instant::now() >= deadline {
-                    crate::metrics::FLEET_LEASES
-                        .with_label_values(&["timed_out"])
-                        .inc();
-                    return Ok(None);
-                }
-                tokio::time::sleep(POLL).await;
-                match l2.lease_state(&combined).await {
-                    Ok(Lease::Busy) => continue,
-                    Ok(Lease::Pass) => return Ok(None),
-                    Ok(Lease::Free) => break,
-                    Err(_) => return Ok(None),
-                }
-            }
-            if let Some(found) = self.lookup_tiers(key, trace).await? {
-                crate::metrics::FLEET_FETCHES_AVOIDED.inc();
-                return Ok(Some(found));
-            }
-            // The lease lapsed without a fill (its node died): compete for it again.
-        }
-    }
-
-    /// For a background refresh (stale-while-revalidate): true if this node may go to the
-    /// origin, i.e. it holds or wins the object's fleet lease. Another node refreshing means
-    /// this one keeps serving stale until that refresh lands in memcached.
+    /// For a background refresh: whether this node may go to the origin (see [`Fleet`]).
     pub async fn may_refresh(&'static self, key: &CacheKey) -> bool {
-        let Some(l2) = self.l2 else { return true };
-        if self.leases.lock().contains(&k128(key)) {
-            return true;
-        }
-        match l2
-            .try_lease(&key.combined(), self.node, self.lock_timeout)
-            .await
-        {
-            Ok(true) => {
-                self.leases.lock().insert(k128(key));
-                crate::metrics::FLEET_LEASES
-                    .with_label_values(&["won"])
-                    .inc();
-                true
-            }
-            Ok(false) => {
-                crate::metrics::FLEET_LEASES
-                    .with_label_values(&["waited"])
-                    .inc();
-                false
-            }
-            Err(_) => true, // memcached unavailable: refresh per node
+        match &self.fleet {
+            Some(f) => f.may_refresh(key).await,
+            None => true,
         }
     }
 
-    /// Ends this node's lease on `key` if it holds one: `pass` when no fill will follow, so
-    /// waiting nodes go to the origin at once.
+    /// Ends this node's fleet lease on `key`, if any (see [`Fleet::release`]).
     pub fn release(&'static self, key: &CacheKey, pass: bool) {
-        let (Some(l2), true) = (self.l2, self.leases.lock().remove(&k128(key))) else {
-            return;
-        };
-        let combined = key.combined();
-        let pass_for = pass.then_some(self.lock_timeout);
-        tokio::spawn(async move {
-            if let Err(e) = l2.release_lease(&combined, pass_for).await {
-                log::debug!("releasing lease {combined}: {e}");
-            }
-        });
+        if let Some(f) = &self.fleet {
+            f.release(key, pass);
+        }
     }
 
     /// Removes `key` and its variants from every tier and, through the purge marker, from every
@@ -269,10 +128,8 @@ impl Tiered {
     pub async fn purge_all(&'static self, key: &CacheKey) -> std::result::Result<bool, String> {
         let compact = key.to_compact();
         let mut found = self.l1.is_some_and(|l1| l1.purge_all(&compact));
-        if let Some(l2) = self.l2 {
-            l2.set_purge_marker(&key.primary(), SystemTime::now())
-                .await
-                .map_err(|e| e.to_string())?;
+        if let (Some(l2), Some(fleet)) = (self.l2, &self.fleet) {
+            fleet.mark_purged(key).await?;
             let outcome = l2
                 .purge(
                     PurgeTarget::Active(&compact),
@@ -294,9 +151,12 @@ impl Storage for Tiered {
         key: &CacheKey,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        match self.lookup_tiers(key, trace).await? {
-            Some(found) => Ok(Some(found)),
-            None => self.coalesce(key, trace).await,
+        if let Some(found) = self.lookup_tiers(key, trace).await? {
+            return Ok(Some(found));
+        }
+        match &self.fleet {
+            Some(f) => f.coalesce(key, || self.lookup_tiers(key, trace)).await,
+            None => Ok(None),
         }
     }
 
@@ -338,7 +198,7 @@ impl Storage for Tiered {
         if let Some(l2) = self.l2 {
             found |= matches!(l2.purge(target, ty, trace).await?, PurgeOutcome::Purged(_));
         }
-        Ok(super::purge_outcome(found))
+        Ok(super::purge::outcome(found))
     }
 
     async fn update_meta(
@@ -420,72 +280,5 @@ impl HandleMiss for TieredMiss {
         }
         tiered.release(&key, created.is_none());
         created.ok_or_else(|| Error::explain(ErrorType::InternalError, "no tier stored the object"))
-    }
-}
-
-/// An L2 hit that copies its body into L1 as it is read (no extra read from memcached). Only a
-/// complete, unranged read is promoted.
-struct Promote {
-    inner: HitHandler,
-    l1: &'static MemoryStore,
-    key: CacheKey,
-    meta: Option<StoredMeta>,
-    chunks: Vec<Bytes>,
-    len: usize,
-}
-
-#[async_trait]
-impl HandleHit for Promote {
-    async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        let chunk = self.inner.read_body().await?;
-        match &chunk {
-            Some(b) if self.meta.is_some() => {
-                self.len += b.len();
-                if self.len > self.l1.max_object() {
-                    self.meta = None;
-                    self.chunks = Vec::new();
-                } else {
-                    self.chunks.push(b.clone());
-                }
-            }
-            None => {
-                if let Some(meta) = self.meta.take() {
-                    self.l1.insert_complete(
-                        &self.key,
-                        meta,
-                        std::mem::take(&mut self.chunks),
-                        self.len,
-                    );
-                }
-            }
-            _ => {}
-        }
-        Ok(chunk)
-    }
-
-    async fn finish(
-        self: Box<Self>,
-        storage: &'static (dyn Storage + Sync),
-        key: &CacheKey,
-        trace: &SpanHandle,
-    ) -> Result<()> {
-        self.inner.finish(storage, key, trace).await
-    }
-
-    fn can_seek(&self) -> bool {
-        self.inner.can_seek()
-    }
-
-    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        self.meta = None; // a partial read cannot be promoted
-        self.inner.seek(start, end)
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
-        self
     }
 }

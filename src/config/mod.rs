@@ -5,9 +5,11 @@
 //! that span keys). Every error names its key path and how to fix it. Pingora's own `ServerConf`
 //! sits under `pingora:` and keeps Pingora's rules: it ignores unknown keys inside that section.
 
+mod cache;
 mod mirror;
 mod values;
 
+pub use cache::{Cache, Memcached, Memory, MAX_CHUNKS};
 pub use mirror::{Compare, MirrorLimits, MirrorLog, RouteMirror};
 pub use values::{parse_duration, parse_size, Cidr};
 
@@ -96,94 +98,6 @@ fn conns() -> usize {
     256
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Cache {
-    #[serde(default)]
-    pub memory: Memory,
-    /// How long requests for an object being fetched wait for that fetch before going to the
-    /// origin themselves.
-    #[serde(default = "secs::<5>", deserialize_with = "values::duration")]
-    pub lock_timeout: Duration,
-    /// RFC 9111 §4.2.2: freshness = this fraction of (Date − Last-Modified); 0 disables.
-    #[serde(default = "tenth")]
-    pub heuristic_fraction: f64,
-    /// Upper bound on heuristic freshness.
-    #[serde(default = "secs::<86400>", deserialize_with = "values::duration")]
-    pub heuristic_max: Duration,
-    /// The shared tier (L2); omit for memory only.
-    pub memcached: Option<Memcached>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Memcached {
-    #[serde(deserialize_with = "values::socket_addrs")]
-    pub servers: Vec<SocketAddr>,
-    /// Each memcached exchange gives up after this.
-    #[serde(default = "ms::<50>", deserialize_with = "values::duration")]
-    pub timeout: Duration,
-    /// Body chunk size; must stay under memcached's item size limit (`-I`, 1MiB by default).
-    #[serde(default = "kib::<512>", deserialize_with = "values::size")]
-    pub chunk_size: u64,
-    #[serde(default = "mib::<64>", deserialize_with = "values::size")]
-    pub max_object: u64,
-    /// Key prefix; nodes sharing entries must agree on it. Change it to drop every entry.
-    #[serde(default = "namespace")]
-    pub namespace: String,
-    /// How often a node's memory copy re-checks whether it was purged elsewhere: the bound on
-    /// how long a purge on one node can leave another node serving the object.
-    #[serde(default = "ms::<500>", deserialize_with = "values::duration")]
-    pub purge_check: Duration,
-}
-
-fn ms<const N: u64>() -> Duration {
-    Duration::from_millis(N)
-}
-fn namespace() -> String {
-    "shellac1".into()
-}
-
-impl Default for Cache {
-    fn default() -> Self {
-        Cache {
-            memory: Memory::default(),
-            lock_timeout: secs::<5>(),
-            heuristic_fraction: tenth(),
-            heuristic_max: secs::<86400>(),
-            memcached: None,
-        }
-    }
-}
-
-fn tenth() -> f64 {
-    0.1
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Memory {
-    /// Bytes the store may hold: bodies, headers and per-entry metadata.
-    #[serde(default = "mib::<256>", deserialize_with = "values::size")]
-    pub size: u64,
-    /// Larger responses are streamed through and not stored.
-    #[serde(default = "mib::<16>", deserialize_with = "values::size")]
-    pub max_object: u64,
-}
-
-impl Default for Memory {
-    fn default() -> Self {
-        Memory {
-            size: mib::<256>(),
-            max_object: mib::<16>(),
-        }
-    }
-}
-
-fn mib<const N: u64>() -> u64 {
-    N << 20
-}
-
 fn default_pingora() -> ServerConf {
     ServerConf::default()
 }
@@ -267,6 +181,10 @@ pub struct Upstream {
     /// Other backends tried when connecting fails.
     #[serde(default = "two")]
     pub retries: u32,
+}
+
+fn mib<const N: u64>() -> u64 {
+    N << 20
 }
 
 fn secs<const N: u64>() -> Duration {
@@ -415,7 +333,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, ConfigError> {
+pub(crate) fn err<T>(
+    path: impl Into<String>,
+    message: impl Into<String>,
+) -> Result<T, ConfigError> {
     Err(ConfigError {
         path: path.into(),
         message: message.into(),
@@ -525,39 +446,7 @@ impl Config {
                 }
             }
         }
-        let c = &self.cache;
-        if c.memory.size > 0 && c.memory.max_object > c.memory.size {
-            return err("cache.memory.max_object", format!("{} bytes is larger than cache.memory.size ({} bytes); lower it or raise the size", c.memory.max_object, c.memory.size));
-        }
-        if !(0.0..=1.0).contains(&c.heuristic_fraction) {
-            return err(
-                "cache.heuristic_fraction",
-                "must be between 0 (off) and 1; RFC 9111 suggests 0.1",
-            );
-        }
-        if c.lock_timeout.is_zero() {
-            return err("cache.lock_timeout", "must be greater than 0");
-        }
-        if c.memory.size == 0 && c.memcached.is_none() {
-            return err("cache.memory.size", "0 turns the memory tier off, which needs cache.memcached; give it a size or configure memcached");
-        }
-        if let Some(m) = &c.memcached {
-            if m.servers.is_empty() {
-                return err(
-                    "cache.memcached.servers",
-                    "the list is empty; add at least one IP:port",
-                );
-            }
-            if let Err(e) = crate::cache::memcached_settings(m).validate() {
-                return err("cache.memcached", e);
-            }
-            if m.purge_check > Duration::from_secs(1) {
-                return err(
-                    "cache.memcached.purge_check",
-                    "at most 1s: it bounds how long a purged object may still be served",
-                );
-            }
-        }
+        self.cache.validate()?;
         let l = &self.limits;
         if l.max_headers == 0 || l.max_header_bytes < 1024 || l.max_request_target < 256 {
             return err("limits", "max_headers must be at least 1, max_header_bytes at least 1KiB and max_request_target at least 256");

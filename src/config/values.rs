@@ -140,6 +140,11 @@ pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     d.deserialize_any(Parse(parse_size, "a size like 512KiB or 256MiB"))
 }
 
+pub fn size_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = size(d)?;
+    usize::try_from(n).map_err(|_| serde::de::Error::custom("too large for this machine"))
+}
+
 pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     d.deserialize_any(Parse(
         parse_socket_addr,

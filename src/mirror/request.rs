@@ -36,7 +36,7 @@ pub(super) fn describe(req: &RequestHeader, request_id: &str) -> String {
     format!(
         "{} {}{} id={request_id}",
         req.method,
-        crate::route::request_authority(req),
+        crate::authority::raw(req),
         target
     )
 }

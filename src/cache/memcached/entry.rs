@@ -55,7 +55,7 @@ pub const CHUNK_HEADER_LEN: usize = 16;
 
 /// An upper bound on chunks per object: a hostile head (valid CRC, absurd `body_len`) must not
 /// make a reader plan millions of requests.
-pub const MAX_CHUNKS: u64 = 1 << 16;
+pub const MAX_CHUNKS: u64 = crate::config::MAX_CHUNKS as u64;
 
 /// Why a stored value was rejected. Only logged and counted: the caller treats it as a miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

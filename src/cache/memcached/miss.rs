@@ -3,6 +3,7 @@
 
 use super::entry::{self, HeadBody};
 use super::{McError, MemcachedStorage};
+use crate::cache::stored;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -23,7 +24,9 @@ pub(super) struct McMiss {
     header: Vec<u8>,
     /// The origin's Content-Length, if any; the stored body must match it.
     pub(super) declared_len: Option<usize>,
-    needs_length: bool,
+    /// What the origin header says about framing, to decide whether it must be rewritten.
+    status: u16,
+    chunked: bool,
     head_ttl: u32,
     chunk_ttl: u32,
     buf: BytesMut,
@@ -35,22 +38,6 @@ pub(super) struct McMiss {
 }
 
 /// Whether a response with this status carries a body whose length belongs in the header.
-fn has_body(status: u16) -> bool {
-    !(status < 200 || status == 204 || status == 304)
-}
-
-/// Makes the stored header say how long the body is, so later hits are length-framed and
-/// rangeable even when the origin sent it chunked.
-pub(super) fn fix_content_length(meta: &mut CacheMeta, body_len: usize) {
-    let h = meta.response_header_mut();
-    if !has_body(h.status.as_u16()) || h.headers.contains_key(CONTENT_LENGTH) {
-        return;
-    }
-    let _ = h.remove_header(&TRANSFER_ENCODING);
-    // insert_header only fails on an invalid value; a number is always valid.
-    let _ = h.insert_header(CONTENT_LENGTH, body_len.to_string());
-}
-
 impl McMiss {
     pub(super) fn new(
         storage: &'static MemcachedStorage,
@@ -65,8 +52,8 @@ impl McMiss {
         let declared_len = h
             .headers
             .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
+            .and_then(crate::limits::parse_content_length)
+            .map(|n| n as usize);
         McMiss {
             storage,
             hex,
@@ -74,7 +61,8 @@ impl McMiss {
             internal,
             header,
             declared_len,
-            needs_length: has_body(h.status.as_u16()) && !h.headers.contains_key(CONTENT_LENGTH),
+            status: h.status.as_u16(),
+            chunked: h.headers.contains_key(TRANSFER_ENCODING),
             head_ttl,
             chunk_ttl,
             buf: BytesMut::new(),
@@ -199,9 +187,9 @@ impl HandleMiss for McMiss {
                 return Err(e.into_pingora("memcached finish"));
             }
         }
-        if self.needs_length {
+        if stored::needs_framing(self.status, self.declared_len, self.chunked, self.total) {
             let mut meta = CacheMeta::deserialize(&self.internal, &self.header)?;
-            fix_content_length(&mut meta, self.total);
+            stored::frame(meta.response_header_mut(), self.total);
             (self.internal, self.header) = meta.serialize()?;
         }
         let body = if inline {

@@ -18,9 +18,9 @@ pub mod fleet;
 mod hit;
 mod io;
 mod miss;
-mod settings;
 
-pub use settings::MemcachedSettings;
+/// The shared tier's settings are the config section itself: one definition, one set of defaults.
+pub use crate::config::Memcached as MemcachedSettings;
 
 use io::McError;
 
@@ -116,7 +116,7 @@ impl MemcachedStorage {
         let Some(mut meta) = new(old) else {
             return Ok(false);
         };
-        miss::fix_content_length(&mut meta, head.body_len);
+        crate::cache::stored::frame(meta.response_header_mut(), head.body_len);
         let (head_ttl, chunk_ttl) = self.ttls(&meta);
         // Chunks first: they must never expire before the head that points at them.
         match self.check_chunks(hex, &head, Some(chunk_ttl)).await {
@@ -317,5 +317,20 @@ impl Storage for MemcachedStorage {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+/// Checks memcached once at start-up (reachable, and `chunk_size` fits its item size limit)
+/// and says so in the log. Never fatal: the shared tier is a cache, and the breaker keeps a
+/// failing server out of the request path.
+pub struct Probe(pub &'static MemcachedStorage);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for Probe {
+    async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        match self.0.probe().await {
+            Ok(()) => log::info!("memcached: every server answers and accepts full-size chunks"),
+            Err(e) => log::error!("memcached: {e}; requests go to the origin while it fails"),
+        }
     }
 }

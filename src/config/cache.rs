@@ -1,0 +1,226 @@
+//! `cache:` — the memory tier (L1), the memcached tier (L2) and the cache-wide rules. The
+//! memcached section is the one definition of the shared tier's settings: the adapter takes
+//! [`Memcached`] as it is, so defaults and validation live here only.
+
+use super::{err, values, ConfigError};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The most body chunks one stored object may have: the head format's limit, and the bound on
+/// the work one head can make a reader do.
+pub const MAX_CHUNKS: usize = 1 << 16;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    #[serde(default)]
+    pub memory: Memory,
+    /// How long requests for an object being fetched wait for that fetch before going to the
+    /// origin themselves.
+    #[serde(default = "secs::<5>", deserialize_with = "values::duration")]
+    pub lock_timeout: Duration,
+    /// RFC 9111 §4.2.2: freshness = this fraction of (Date − Last-Modified); 0 disables.
+    #[serde(default = "tenth")]
+    pub heuristic_fraction: f64,
+    /// Upper bound on heuristic freshness.
+    #[serde(default = "secs::<86400>", deserialize_with = "values::duration")]
+    pub heuristic_max: Duration,
+    /// The shared tier (L2); omit for memory only.
+    pub memcached: Option<Memcached>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every cache key has a default")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    /// Bytes the store may hold: bodies, headers and per-entry metadata.
+    #[serde(default = "mib::<256>", deserialize_with = "values::size")]
+    pub size: u64,
+    /// Larger responses are streamed through and not stored.
+    #[serde(default = "mib::<16>", deserialize_with = "values::size")]
+    pub max_object: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every memory key has a default")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memcached {
+    /// The memcached servers; keys are spread over them by rendezvous hashing.
+    #[serde(default, deserialize_with = "values::socket_addrs")]
+    pub servers: Vec<SocketAddr>,
+    /// Each memcached exchange (connect, write, read) gives up after this.
+    #[serde(default = "ms::<50>", deserialize_with = "values::duration")]
+    pub timeout: Duration,
+    /// Body chunk size; with its 16-byte header and key it must stay under memcached's item
+    /// size limit (`-I`, 1MiB by default). Checked against the servers at start-up.
+    #[serde(default = "kib::<512>", deserialize_with = "values::size_usize")]
+    pub chunk_size: usize,
+    /// Larger bodies are not stored in memcached.
+    #[serde(default = "mib_usize::<64>", deserialize_with = "values::size_usize")]
+    pub max_object: usize,
+    /// Key prefix; nodes sharing entries must agree on it. Change it to drop every entry.
+    #[serde(default = "namespace")]
+    pub namespace: String,
+    /// How often a node's memory copy re-checks whether it was purged elsewhere: the bound on
+    /// how long a purge on one node can leave another node serving the object.
+    #[serde(default = "ms::<500>", deserialize_with = "values::duration")]
+    pub purge_check: Duration,
+    /// Bodies up to this size are stored inside the head item: one round trip per hit.
+    #[serde(default = "kib::<64>", deserialize_with = "values::size_usize")]
+    pub inline_max: usize,
+    /// How long memcached keeps an entry after it can no longer be served stale, so it can
+    /// still be revalidated (304) instead of refetched.
+    #[serde(default = "secs::<3600>", deserialize_with = "values::duration")]
+    pub keep_stale_for: Duration,
+    /// Consecutive failed exchanges that open a server's circuit breaker.
+    #[serde(default = "five")]
+    pub breaker_failures: u32,
+    /// How long an open breaker fails fast before it lets one probe through.
+    #[serde(default = "ms::<1500>", deserialize_with = "values::duration")]
+    pub breaker_open_for: Duration,
+    /// Chunk writes in flight per object being stored.
+    #[serde(default = "four")]
+    pub write_concurrency: usize,
+}
+
+impl Default for Memcached {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every memcached key but servers has a default")
+    }
+}
+
+impl Cache {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let (memory, c) = (&self.memory, self);
+        if memory.size > 0 && memory.max_object > memory.size {
+            return err("cache.memory.max_object", format!("{} bytes is larger than cache.memory.size ({} bytes); lower it or raise the size", memory.max_object, memory.size));
+        }
+        if !(0.0..=1.0).contains(&c.heuristic_fraction) {
+            return err(
+                "cache.heuristic_fraction",
+                "must be between 0 (off) and 1; RFC 9111 suggests 0.1",
+            );
+        }
+        if c.lock_timeout.is_zero() {
+            return err("cache.lock_timeout", "must be greater than 0");
+        }
+        if memory.size == 0 && c.memcached.is_none() {
+            return err("cache.memory.size", "0 turns the memory tier off, which needs cache.memcached; give it a size or configure memcached");
+        }
+        match &c.memcached {
+            Some(m) => m.validate(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Memcached {
+    /// Every rule of the `cache.memcached` section, with the key path of the first broken one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = "cache.memcached";
+        if self.servers.is_empty() {
+            return err(
+                format!("{p}.servers"),
+                "the list is empty; add at least one IP:port",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some((i, dup)) = self
+            .servers
+            .iter()
+            .enumerate()
+            .find(|(_, s)| !seen.insert(**s))
+        {
+            return err(
+                format!("{p}.servers[{i}]"),
+                format!("{dup} is listed twice; remove the duplicate"),
+            );
+        }
+        if self.timeout.is_zero() {
+            return err(format!("{p}.timeout"), "must be greater than 0");
+        }
+        if !(4096..=(128 << 20)).contains(&self.chunk_size) {
+            return err(
+                format!("{p}.chunk_size"),
+                "must be between 4KiB and 128MiB (and fit memcached's -I item size limit)",
+            );
+        }
+        if self.inline_max > self.chunk_size {
+            return err(
+                format!("{p}.inline_max"),
+                "must not exceed chunk_size; lower it",
+            );
+        }
+        let n = self.max_object.div_ceil(self.chunk_size);
+        if n > MAX_CHUNKS {
+            return err(
+                format!("{p}.max_object"),
+                format!("max_object / chunk_size is {n} chunks; at most {MAX_CHUNKS} are supported, raise chunk_size or lower max_object"),
+            );
+        }
+        if self.namespace.is_empty()
+            || self.namespace.len() > 64
+            || !self
+                .namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return err(
+                format!("{p}.namespace"),
+                "must be 1-64 characters of A-Z a-z 0-9 _ . -",
+            );
+        }
+        if self.write_concurrency == 0 {
+            return err(format!("{p}.write_concurrency"), "must be at least 1");
+        }
+        if self.breaker_failures == 0 {
+            return err(format!("{p}.breaker_failures"), "must be at least 1");
+        }
+        if self.purge_check > Duration::from_secs(1) {
+            return err(
+                format!("{p}.purge_check"),
+                "at most 1s: it bounds how long a purged object may still be served",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+fn ms<const N: u64>() -> Duration {
+    Duration::from_millis(N)
+}
+fn kib<const N: usize>() -> usize {
+    N << 10
+}
+fn mib<const N: u64>() -> u64 {
+    N << 20
+}
+fn mib_usize<const N: usize>() -> usize {
+    N << 20
+}
+fn tenth() -> f64 {
+    0.1
+}
+fn five() -> u32 {
+    5
+}
+fn four() -> usize {
+    4
+}
+fn namespace() -> String {
+    "shellac1".into()
+}
