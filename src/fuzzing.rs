@@ -68,7 +68,9 @@ pub fn range(data: &[u8]) {
 
 /// `policy::storable` and `policy::on_hit` with header values taken from `data`: lines are the
 /// request's Cache-Control and Pragma, then the response's Cache-Control, Expires, Date,
-/// Last-Modified, Age and Vary; the first byte picks the status and the clock.
+/// Last-Modified, Age and Vary, rotated so any of them can be the first response line (a
+/// mutator rarely builds seven newlines, and the Age paths were unreachable without it); the
+/// first byte picks the status, the clock and the rotation.
 pub fn cache_control(data: &[u8]) {
     let Some((&pick, rest)) = data.split_first() else {
         return;
@@ -88,14 +90,16 @@ pub fn cache_control(data: &[u8]) {
         Ok(r) => r,
         Err(_) => return,
     };
-    for name in [
+    let mut names = [
         "Cache-Control",
         "Expires",
         "Date",
         "Last-Modified",
         "Age",
         "Vary",
-    ] {
+    ];
+    names.rotate_left((pick as usize / 9) % 6);
+    for name in names {
         let _ = resp.append_header(name, next());
     }
     let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
@@ -248,13 +252,53 @@ mod tests {
             b"60",
             b"-1",
             b"18446744073709551616",
+            // Age and delta-seconds at the edges of 2^31, 2^32, 2^63 and 2^64.
+            b"2147483647",
+            b"2147483648",
+            b"4294967296",
+            b"9223372036854775807",
+            b"9223372036854775808",
+            b"18446744073709551615",
+            b"\n\n\n\n\n\n",
             b"Sun, 06 Nov 1994 08:49:37 GMT",
+            b"Fri, 31 Dec 9999 23:59:59 GMT",
+            b"Thu, 01 Jan 1970 00:00:00 GMT",
             b"Tue, 14 Nov 2023 22:13:20 GMT",
             b"*",
             b"accept-encoding",
             b"\xff",
         ];
         run("cache_control", cache_control, inputs(3, 3000, dict));
+    }
+
+    /// The values that panicked before age arithmetic saturated, on the Age line (rotation 4:
+    /// pick 36..45) and through every status and clock; the random run above may miss them.
+    #[test]
+    fn cache_control_survives_huge_ages() {
+        let ages = [
+            "9223372036854775807",
+            "18446744073709551615",
+            "2147483648",
+            "99999999999999999999",
+        ];
+        let cases = ages.iter().flat_map(|age| {
+            (36u8..45).flat_map(move |pick| {
+                [
+                    "max-age=60",
+                    "max-age=2147483648, stale-while-revalidate=9223372036854775807",
+                    "",
+                ]
+                .into_iter()
+                .map(move |cc| {
+                    let mut v = vec![pick];
+                    v.extend_from_slice(
+                        format!("max-stale=9223372036854775807\n\n{age}\n{cc}").as_bytes(),
+                    );
+                    v
+                })
+            })
+        });
+        run("cache_control", cache_control, cases);
     }
 
     #[test]

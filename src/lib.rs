@@ -5,6 +5,7 @@
 //! - [`app`]: wiring: builds the Pingora server, listeners, upstream groups and admin service.
 //! - [`conn`]: accept side: open connections, per-IP cap, whole-request-header deadline.
 //! - [`proxy`]: the `ProxyHttp` hooks; each is a few lines calling the module that owns it.
+//! - [`path`]: the request path in normal form (RFC 3986 §6.2.2), before routing.
 //! - [`route`]: host and path prefix → upstream group.
 //! - [`upstream`]: backend selection, health checks, connection settings.
 //! - [`cache`]: RFC 9111 policy, cache keys, the memory store, Cache-Status and purge.
@@ -30,6 +31,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;
+pub mod path;
 pub mod proxy;
 pub mod reload;
 pub mod request_id;

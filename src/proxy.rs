@@ -144,6 +144,10 @@ impl ProxyHttp for Proxy {
         if let Some(code) = limits::check_request(session.req_header(), &self.limits) {
             return refuse(session, code).await;
         }
+        // Before routing: the route, the key and the forwarded request read the normal form.
+        if crate::path::normalise_request(session.req_header_mut()).is_err() {
+            return refuse(session, 400).await;
+        }
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs()));
         }
