@@ -9,7 +9,7 @@ mod cache;
 mod mirror;
 mod values;
 
-pub use cache::{Cache, Memcached, Memory, MAX_CHUNKS};
+pub use cache::{Cache, MacKey, Memcached, Memory, MAX_CHUNKS};
 pub use mirror::{Compare, MirrorLimits, MirrorLog, RouteMirror};
 pub use values::{parse_duration, parse_size, Cidr};
 
@@ -347,7 +347,15 @@ impl Config {
     pub fn load(path: &str) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).or_else(|e| err("", format!("cannot read: {e}")))?;
-        Config::parse(&text)
+        let mut config = Config::parse(&text)?;
+        // Files the config names are read now, so `-t` fails on them as start-up would.
+        let dir = std::path::Path::new(path)
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        if let Some(m) = &mut config.cache.memcached {
+            m.load_key(dir)?;
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {

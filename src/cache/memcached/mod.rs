@@ -18,6 +18,7 @@ pub mod fleet;
 mod hit;
 mod io;
 mod miss;
+pub mod seal;
 
 /// The shared tier's settings are the config section itself: one definition, one set of defaults.
 pub use crate::config::Memcached as MemcachedSettings;
@@ -50,6 +51,8 @@ pub struct MemcachedStorage {
     ids: Vec<String>,
     client: OnceCell<AsyncMetaClient>,
     breakers: Breakers,
+    /// Authenticates every value written and read (a no-op without `key_file`).
+    seal: seal::Sealer,
 }
 
 impl MemcachedStorage {
@@ -64,6 +67,7 @@ impl MemcachedStorage {
         MemcachedStorage {
             breakers: Breakers::new(&ids, settings.breaker_failures, settings.breaker_open_for),
             ids,
+            seal: seal::Sealer::new(settings.mac_key.clone()),
             settings,
             client: OnceCell::new(),
         }
@@ -71,6 +75,11 @@ impl MemcachedStorage {
 
     pub fn settings(&self) -> &MemcachedSettings {
         &self.settings
+    }
+
+    /// Whether values are authenticated (`key_file` set).
+    pub fn is_keyed(&self) -> bool {
+        self.seal.is_keyed()
     }
 
     /// The breaker state of each server, for health reporting.
@@ -328,6 +337,9 @@ pub struct Probe(pub &'static MemcachedStorage);
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Probe {
     async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        if !self.0.is_keyed() {
+            log::warn!("memcached: no cache.memcached.key_file, so values are not authenticated: anyone who can reach these servers can serve content to every client, stall fills with leases and purge entries (see docs/shared-tier.md, Security)");
+        }
         match self.0.probe().await {
             Ok(()) => log::info!("memcached: every server answers and accepts full-size chunks"),
             Err(e) => log::error!("memcached: {e}; requests go to the origin while it fails"),
