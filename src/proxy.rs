@@ -366,7 +366,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.cache.done(session, &ctx.cache, ctx.backend.is_some());
+        // `attempts`, not `backend`: a refused connection clears the backend but still fetched.
+        self.cache.done(session, &ctx.cache, ctx.attempts > 0);
         if let Some(fork) = ctx.mirror.take() {
             fork.finish(e.is_some());
         }

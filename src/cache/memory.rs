@@ -380,7 +380,9 @@ impl HandleMiss for MemoryMiss {
             meta,
             body: std::mem::take(&mut self.chunks).into(),
             body_len: self.len,
-            checked_ms: AtomicU64::new(millis(SystemTime::now())),
+            // Never confirmed: a fill that began before a fleet purge may finish after it, so
+            // the first lookup on a fleet node reads the purge marker.
+            checked_ms: AtomicU64::new(0),
         };
         let weight = entry.weight();
         self.store.insert(self.key, entry);

@@ -3,6 +3,7 @@
 //! the two tiers in [`tiered`] (with [`fleet`] coordinating nodes); this module wires them to
 //! Pingora's cache state machine.
 
+mod fill;
 pub mod fleet;
 pub mod key;
 pub mod memcached;
@@ -206,11 +207,13 @@ impl Cache {
         self.storage.l2
     }
 
-    /// `logging`: a request that went to the origin and stored nothing ends this node's fleet
-    /// lease for the object, so other nodes stop waiting for a fill that will not come.
+    /// `logging`: a request that went to the origin (or tried to: every backend may have
+    /// refused) and stored nothing ends this node's fleet lease for the object, so other nodes
+    /// stop waiting for a fill that will not come. Storable but not stored counts: Pingora
+    /// disables the cache for a Content-Length over `max_object` after `decide`.
     pub fn done(&self, session: &Session, cx: &CacheCtx, went_upstream: bool) {
         // Only a request that fetched can end a fetch; local hits and waiters must not.
-        if cx.enabled && went_upstream && !cx.stored {
+        if cx.enabled && went_upstream && !(cx.stored && session.cache.enabled()) {
             if let Some(key) = session.cache.maybe_cache_key() {
                 self.storage.release(key, true);
             }

@@ -11,16 +11,14 @@
 //!   never waits for memcached; with L2 alone it is awaited, so local waiters find the entry.
 //! - memcached down: every L2 step fails fast (breaker) and the node behaves as memory-only.
 
+use super::fill::TieredMiss;
 use super::fleet::Fleet;
 use super::memcached::MemcachedStorage;
 use super::memory::{MemoryStore, StoredMeta};
 use super::promote::Promote;
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::cache::key::CacheKey;
-use pingora::cache::storage::{
-    HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
-};
+use pingora::cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
@@ -167,7 +165,13 @@ impl Storage for Tiered {
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let l1 = match self.l1 {
-            Some(l1) => Some(l1.get_miss_handler(key, meta, trace).await?),
+            Some(l1) => match l1.get_miss_handler(key, meta, trace).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.release(key, true); // no fill follows: waiters must not wait for one
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let l2 = match self.l2 {
@@ -175,14 +179,10 @@ impl Storage for Tiered {
             None => None,
         };
         if l1.is_none() && l2.is_none() {
+            self.release(key, true);
             return Error::e_explain(ErrorType::InternalError, "no tier can store this object");
         }
-        Ok(Box::new(TieredMiss {
-            tiered: self,
-            key: key.clone(),
-            l1,
-            l2,
-        }))
+        Ok(Box::new(TieredMiss::new(self, key.clone(), l1, l2)))
     }
 
     async fn purge(
@@ -224,61 +224,5 @@ impl Storage for Tiered {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
-    }
-}
-
-struct TieredMiss {
-    tiered: &'static Tiered,
-    key: CacheKey,
-    l1: Option<MissHandler>,
-    l2: Option<MissHandler>,
-}
-
-#[async_trait]
-impl HandleMiss for TieredMiss {
-    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
-        // A tier that refuses (too large, memcached down) drops out; the other carries on.
-        if let Some(m) = &mut self.l1 {
-            if m.write_body(data.clone(), eof).await.is_err() {
-                self.l1 = None;
-            }
-        }
-        if let Some(m) = &mut self.l2 {
-            if m.write_body(data, eof).await.is_err() {
-                self.l2 = None;
-            }
-        }
-        if self.l1.is_none() && self.l2.is_none() {
-            return Error::e_explain(ErrorType::InternalError, "no tier accepted the body");
-        }
-        Ok(())
-    }
-
-    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let TieredMiss {
-            tiered,
-            key,
-            l1,
-            l2,
-        } = *self;
-        let mut created = None;
-        if let Some(m) = l1 {
-            created = m.finish().await.ok();
-        }
-        if let Some(m) = l2 {
-            if let Some(done) = created {
-                // L1 already serves this node; memcached is for the rest of the fleet.
-                tokio::spawn(async move {
-                    let ok = m.finish().await.is_ok();
-                    tiered.release(&key, !ok);
-                });
-                return Ok(done);
-            }
-            let r = m.finish().await;
-            tiered.release(&key, r.is_err());
-            return r;
-        }
-        tiered.release(&key, created.is_none());
-        created.ok_or_else(|| Error::explain(ErrorType::InternalError, "no tier stored the object"))
     }
 }

@@ -195,18 +195,23 @@ impl Storage for MemcachedStorage {
                 return Ok(None);
             }
         };
-        // Vary variants are not deleted by a purge (their keys cannot be listed); the URL's
-        // purge marker retires every variant stored before it.
-        if meta.variance().is_some() {
-            if let Ok(Some(purged)) = self.purge_marker(&key.primary()).await {
-                if purged >= meta.created() {
-                    count_lookup("miss");
-                    self.drop_head_later(&hex, cas);
-                    return Ok(None);
-                }
+        // Every head is checked against its URL's purge marker, which retires every copy
+        // created before it: Vary variants (a purge cannot list their keys) and fills that were
+        // in flight during the purge. Unknown (memcached could not say) serves the copy, as the
+        // memory tier does. The marker and the chunk check go out together: two round trips.
+        let primary = key.primary();
+        let (purged, chunks) = tokio::join!(
+            self.purge_marker(&primary),
+            self.check_chunks(&hex, &head, None)
+        );
+        if let Ok(Some(purged)) = purged {
+            if purged >= meta.created() {
+                count_lookup("miss");
+                self.drop_head_later(&hex, cas);
+                return Ok(None);
             }
         }
-        match self.check_chunks(&hex, &head, None).await {
+        match chunks {
             Ok(()) => {}
             Err(McError::Missing) => {
                 count_lookup("incomplete");
