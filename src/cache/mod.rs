@@ -1,5 +1,6 @@
 //! HTTP caching: what the proxy hooks call. Policy lives in [`policy`] (pure RFC 9111 rules),
-//! keys in [`key`], `Cache-Status` in [`status`], purge and §4.4 invalidation in [`purge`],
+//! keys in [`key`], `Cache-Status` in [`status`] (gathered by [`respond`]), purge and §4.4
+//! invalidation in [`purge`], fills in [`fill`],
 //! the two tiers in [`tiered`] (with [`fleet`] coordinating nodes); this module wires them to
 //! Pingora's cache state machine.
 
@@ -11,6 +12,7 @@ pub mod memory;
 pub mod policy;
 mod promote;
 pub mod purge;
+mod respond;
 pub mod status;
 pub mod stored;
 pub mod tiered;
@@ -30,7 +32,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
 use policy::{Heuristic, Refusal, StaleDefaults, Timing};
-use status::{Facts, Served};
 use std::time::{Duration, SystemTime};
 use tiered::Tiered;
 
@@ -271,80 +272,9 @@ impl Cache {
         forced
     }
 
-    /// `response_filter`: `Age` on responses served from storage, `Cache-Status` on every
-    /// response of a caching route, and the lookup metric.
-    pub fn respond(
-        &self,
-        session: &Session,
-        resp: &mut ResponseHeader,
-        cx: &mut CacheCtx,
-        upstream_status: u16,
-    ) -> Result<&'static str> {
-        if !cx.enabled {
-            let (value, lookup) = status::uncached(cx.rule.enabled);
-            resp.insert_header("cache-status", value)?;
-            let Some(lookup) = lookup else { return Ok("-") };
-            metrics::CACHE_LOOKUPS
-                .with_label_values(&[lookup.label()])
-                .inc();
-            return Ok(lookup.label());
-        }
-        let phase = session.cache.phase();
-        let served = match phase {
-            CachePhase::Hit => Served::Hit {
-                coalesced: session.cache.lock_duration().is_some(),
-            },
-            CachePhase::StaleUpdating => Served::StaleWhileRevalidate,
-            CachePhase::Stale => Served::StaleIfError,
-            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Served::Revalidated,
-            _ => Served::Origin {
-                bypass: matches!(phase, CachePhase::Bypass),
-            },
-        };
-        let mut ttl = 0;
-        if !matches!(served, Served::Origin { .. }) {
-            cx.from_cache = true;
-            let now = SystemTime::now();
-            let meta = session.cache.cache_meta();
-            resp.insert_header(http::header::AGE, policy::current_age(meta, now).as_secs())?;
-            ttl = policy::ttl_secs(meta, now);
-        }
-        let facts = Facts {
-            served,
-            ttl,
-            upstream_status,
-            forced: cx.forced,
-            had_stale: cx.had_stale,
-            stored: cx.stored && (matches!(served, Served::Revalidated) || session.cache.enabled()),
-            refusal: cx.refusal,
-            disabled: match phase {
-                CachePhase::Disabled(r) => Some(reason_label(r)),
-                _ => None,
-            },
-        };
-        let (value, lookup) = status::cache_status(&facts);
-        metrics::CACHE_LOOKUPS
-            .with_label_values(&[lookup.label()])
-            .inc();
-        resp.insert_header("cache-status", value)?;
-        Ok(lookup.label())
-    }
-
     /// `request_filter` for the `PURGE` method.
     pub async fn purge(&self, session: &mut Session) -> Result<()> {
         self.purger.purge(session).await
-    }
-}
-
-/// Pingora's reasons for not caching, in the words `Cache-Status` uses.
-fn reason_label(r: NoCacheReason) -> &'static str {
-    match r {
-        NoCacheReason::Custom(s) => s,
-        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => "too-large",
-        NoCacheReason::CacheLockTimeout => "lock-timeout",
-        NoCacheReason::StorageError => "storage-error",
-        NoCacheReason::OriginNotCache => "origin-not-cacheable",
-        _ => "not-stored",
     }
 }
 
