@@ -608,7 +608,7 @@ mod tests {
             "the older key is a miss, never the newer's body"
         );
         assert_eq!(s.get(k2).unwrap().body_len, 3000);
-        assert_eq!(held(&s), 1, "map and LRU agree on what is held");
+        assert_eq!(held(s), 1, "map and LRU agree on what is held");
         assert_eq!(s.lru.len(), 1);
         assert_eq!(s.bytes_used(), s.get(k2).unwrap().weight());
         assert!(
@@ -617,7 +617,7 @@ mod tests {
         );
         assert!(s.get(k2).is_some());
         assert!(s.remove(k2));
-        assert_eq!((held(&s), s.bytes_used()), (0, 0));
+        assert_eq!((held(s), s.bytes_used()), (0, 0));
     }
 
     #[tokio::test]
