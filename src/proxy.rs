@@ -145,7 +145,10 @@ impl ProxyHttp for Proxy {
             return refuse(session, code).await;
         }
         // Before routing: the route, the key and the forwarded request read the normal form.
-        if crate::path::normalise_request(session.req_header_mut()).is_err() {
+        let req = session.req_header_mut();
+        if crate::authority::adopt_target(req).is_err()
+            || crate::path::normalise_request(req).is_err()
+        {
             return refuse(session, 400).await;
         }
         if session.get_keepalive().is_some() {

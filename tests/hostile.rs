@@ -167,6 +167,12 @@ async fn row7_unkeyed_headers_never_reach_the_origin() {
         ("Forwarded", "host=evil.test"),
         ("X-Original-URL", "/admin"),
         ("X-Rewrite-URL", "/admin"),
+        ("X-Forwarded-Uri", "/admin"),
+        ("X-Forwarded-Path", "/admin"),
+        ("X-Original-Uri", "/admin"),
+        ("X-Original-Path", "/admin"),
+        ("X-Envoy-Original-Path", "/admin"),
+        ("X-Envoy-Original-Host", "evil.test"),
         ("X-HTTP-Method-Override", "DELETE"),
         ("X-Host", "evil.test"),
     ];

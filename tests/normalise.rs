@@ -123,3 +123,56 @@ async fn encoded_slash_nul_and_malformed_escapes_are_refused() {
     let r = shellac.get("/a?x=%2F%00").await;
     assert_eq!(r.status, 200, "the query is the origin's business");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absolute_form_names_the_host_for_the_route_the_key_and_the_origin() {
+    let origin = Origin::start(|r| {
+        Reply::ok(format!("{} {}", r.header("host").unwrap_or("-"), r.target))
+            .header("Cache-Control", "max-age=60")
+    })
+    .await;
+    let shellac = Shellac::start(&common::simple_config(&[&origin], "", ", cache: true")).await;
+    let raw = |req: &'static str| {
+        let addr = shellac.addr;
+        async move {
+            let mut c = common::http::Client::connect(addr).await.unwrap();
+            c.send_raw(req.as_bytes()).await.unwrap();
+            c.read_response(false).await.unwrap()
+        }
+    };
+    // Without Host: each target's host is its own key (before, both keyed on an empty host).
+    let a = raw("GET http://a.test/x HTTP/1.1\r\n\r\n").await;
+    let b = raw("GET http://b.test/x HTTP/1.1\r\n\r\n").await;
+    // Pingora forwards the absolute-form target as received (origins must accept it).
+    assert_eq!(a.text(), "a.test http://a.test/x");
+    assert_eq!(b.text(), "b.test http://b.test/x", "not a.test's copy");
+    assert_eq!(origin.count(), 2);
+    // With the same Host it is the same entry; a different Host is a 400 (Pingora: RFC 9112
+    // §3.2.2 makes them one authority).
+    let c = raw("GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+    assert_eq!(
+        (c.status, c.text().as_str()),
+        (200, "a.test http://a.test/x")
+    );
+    assert!(c.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.count(), 2);
+    let mismatch = raw("GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\n\r\n").await;
+    assert_eq!(mismatch.status, 400);
+    let bad = raw("GET http://a%20b/x HTTP/1.1\r\n\r\n").await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_if_cached_is_ignored_where_nothing_is_cached() {
+    let origin = Origin::start(|_| Reply::ok("fresh from the origin")).await;
+    let shellac = Shellac::start(&common::simple_config(&[&origin], "", "")).await;
+    let r = shellac
+        .request("GET", "/x", &[("Cache-Control", "only-if-cached")])
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "a route without a cache is not a cache (§5.2.1.7)"
+    );
+    assert_eq!(r.text(), "fresh from the origin");
+    assert_eq!(origin.count(), 1);
+}

@@ -45,6 +45,8 @@ const SHARDS: usize = 16;
 const ENTRY_OVERHEAD: usize = 512;
 /// A `Bytes` handle and its shared allocation's header, per stored chunk.
 const CHUNK_OVERHEAD: usize = 64;
+/// Vary variants kept per URL; a new one beyond this evicts the oldest.
+pub const MAX_VARIANTS: usize = 32;
 /// Stored chunks are at least this large (but the last): small pieces are coalesced.
 pub const MIN_CHUNK: usize = 64 << 10;
 
@@ -195,10 +197,23 @@ impl MemoryStore {
             }
         }
         if variance {
-            let mut v = self.variants.lock();
-            let list = v.entry(primary).or_default();
-            if !list.contains(&k) {
-                list.push(k);
+            let oldest = {
+                let mut v = self.variants.lock();
+                let list = v.entry(primary).or_default();
+                if list.contains(&k) {
+                    None
+                } else {
+                    list.push(k);
+                    (list.len() > MAX_VARIANTS).then(|| list[0])
+                }
+            };
+            // A client choosing Vary'd header values must not grow one URL's variant list (and
+            // the scans over it under this lock) without bound: the oldest variant goes.
+            if let Some(oldest) = oldest {
+                if self.forget(oldest).is_some() {
+                    self.lru.remove(oldest as u64);
+                    metrics::CACHE_EVICTIONS.inc();
+                }
             }
         }
         self.lru.admit(k as u64, k, weight);
@@ -643,6 +658,27 @@ mod tests {
         assert_eq!(read(s, "tiny", None).await.unwrap().1, body);
         let (a, b) = (MIN_CHUNK - 10, 2 * MIN_CHUNK + 10);
         assert_eq!(read(s, "tiny", Some((a, b))).await.unwrap().1, &body[a..b]);
+    }
+
+    #[test]
+    fn a_variant_flood_keeps_at_most_max_variants_per_url() {
+        let s = store(16 << 20);
+        let mut meta = meta();
+        for i in 0..(MAX_VARIANTS as u128 * 4) {
+            meta.set_variance([i as u8; 16]);
+            let mut e = entry(vec![Bytes::from_static(b"v")]);
+            e.primary = 99;
+            e.meta = StoredMeta::from_meta(&meta);
+            s.insert(1000 + i, e);
+        }
+        assert_eq!(s.variants.lock()[&99].len(), MAX_VARIANTS);
+        assert_eq!(
+            held(s),
+            MAX_VARIANTS,
+            "the evicted variants are gone, not just unindexed"
+        );
+        assert!(s.get(1000).is_none(), "the oldest went first");
+        assert!(s.get(1000 + MAX_VARIANTS as u128 * 4 - 1).is_some());
     }
 
     #[tokio::test]

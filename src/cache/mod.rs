@@ -169,6 +169,7 @@ impl Cache {
 
     /// `proxy_upstream_filter`: record what the cache knew before going to the origin, and
     /// answer `only-if-cached` misses with 504 (§5.2.1.7). `Ok(false)` = do not go upstream.
+    /// The directive is for caches: a route that does not cache is not one, and ignores it.
     pub async fn before_upstream(&self, session: &mut Session, cx: &mut CacheCtx) -> Result<bool> {
         cx.had_stale = matches!(session.cache.phase(), CachePhase::Stale);
         // A background stale-while-revalidate refresh: once per object per fleet, not per node.
@@ -179,7 +180,7 @@ impl Cache {
                 }
             }
         }
-        if policy::only_if_cached(session.req_header()) {
+        if cx.enabled && policy::only_if_cached(session.req_header()) {
             let mut resp = ResponseHeader::build(504, Some(3))?;
             resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
             resp.insert_header("cache-status", "shellac; fwd=miss; detail=only-if-cached")?;
