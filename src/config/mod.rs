@@ -360,8 +360,17 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = serde_yaml::from_str(text).or_else(|e| {
-            // serde_yaml already prefixes the key path ("upstreams.app.backends[1]: …").
-            err("", e.to_string())
+            // serde_yaml already prefixes the key path ("upstreams.app.backends[1]: …") and says
+            // where; an error without a location is about the document as a whole.
+            let msg = e.to_string();
+            match e.location() {
+                Some(_) if msg.contains(" line ") || msg.contains("position ") => err("", msg),
+                Some(l) => err("", format!("line {} column {}: {msg}", l.line(), l.column())),
+                None => err(
+                    "",
+                    format!("the top level must be a mapping of keys (listen:, upstreams:, routes:, …): {e}"),
+                ),
+            }
         })?;
         config.validate()?;
         Ok(config)
