@@ -565,3 +565,25 @@ async fn row7_a_host_that_is_not_an_authority_is_refused() {
     let r = shellac.request("GET", "/k", &[("Host", "[::1]:80")]).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn row6_content_length_with_transfer_encoding_is_read_as_chunked_and_closes() {
+    // RFC 9112 §6.1: Transfer-Encoding overrides Content-Length and the connection must close
+    // after the response. Pingora drops the Content-Length, so the origin sees one framing;
+    // what follows the chunked body is never read as a request.
+    let (origin, shellac) = start().await;
+    for raw in [
+        &b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        &b"POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..],
+    ] {
+        let before = origin.count();
+        let (statuses, closed) = exchange(&shellac, raw).await;
+        let what = String::from_utf8_lossy(raw);
+        assert_eq!((statuses.as_slice(), closed), (&[200][..], true), "{what}");
+        assert_eq!(origin.count(), before + 1, "{what}");
+        let seen = origin.requests().pop().unwrap();
+        assert_eq!(seen.body, b"abc", "{what}: the chunked body, not Content-Length's");
+        assert!(seen.header("content-length").is_none(), "{what}: one framing header");
+    }
+    assert!(!smuggled(&origin));
+}
