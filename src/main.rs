@@ -9,7 +9,7 @@ use std::process::exit;
 
 // glibc malloc took about a tenth of the CPU on cache hits (many small, short-lived header and
 // buffer allocations, freed on other worker threads); with mimalloc's per-thread free lists a
-// hit costs about 7% less CPU (see README, "Performance").
+// hit costs about 7% less CPU (see docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
