@@ -341,8 +341,17 @@ fn ms(v: &Value) -> String {
         .map_or("-".into(), |s| format!("{:.1}ms", s * 1000.0))
 }
 
-fn mib(b: f64) -> String {
-    format!("{:.1} MiB", b / (1024.0 * 1024.0))
+fn bytes(b: f64) -> String {
+    match b {
+        b if b >= 1024.0 * 1024.0 * 1024.0 => format!("{:.1} GiB", b / (1024.0 * 1024.0 * 1024.0)),
+        b if b >= 1024.0 * 1024.0 => format!("{:.1} MiB", b / (1024.0 * 1024.0)),
+        b => format!("{:.1} KiB", b / 1024.0),
+    }
+}
+
+/// A count (a JSON number) without decimals.
+fn int(v: &Value) -> String {
+    format!("{:.0}", v.as_f64().unwrap_or(0.0))
 }
 
 fn rates(v: &Value) -> String {
@@ -376,7 +385,7 @@ pub fn render(v: &Value) -> String {
         "requests      {:.1}/s {}   open connections {}",
         num(v, &["requests_per_second"]),
         rates(&v["status_per_second"]),
-        v["connections"]
+        int(&v["connections"])
     );
     for (label, key) in [
         ("hit ratio now", "interval"),
@@ -410,18 +419,18 @@ pub fn render(v: &Value) -> String {
             "  {} {:.1}/s ({})",
             n["reason"].as_str().unwrap_or(""),
             num(n, &["per_second"]),
-            n["total"]
+            int(&n["total"])
         );
     }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
         "memory store  {} / {} ({})   evictions {:.1}/s ({})",
-        mib(num(v, &["memory", "used"])),
-        mib(num(v, &["memory", "limit"])),
+        bytes(num(v, &["memory", "used"])),
+        bytes(num(v, &["memory", "limit"])),
         pct(&v["memory"]["fill"]),
         num(v, &["evictions_per_second"]),
-        v["evictions"]
+        int(&v["evictions"])
     );
     let _ = writeln!(s, "backends");
     for b in v["backends"].as_array().into_iter().flatten() {
@@ -452,11 +461,19 @@ pub fn render(v: &Value) -> String {
                 srv["addr"].as_str().unwrap_or(""),
                 srv["breaker"].as_str().unwrap_or(""),
                 num(srv, &["errors_per_second"]),
-                srv["errors"]
+                int(&srv["errors"])
             );
         }
     }
-    let _ = writeln!(s, "purges       {}", rates(&v["purges"]));
+    let mut purges = String::new();
+    for (k, n) in v["purges"].as_object().into_iter().flatten() {
+        let _ = write!(purges, "  {k} {}", int(n));
+    }
+    let _ = writeln!(
+        s,
+        "purges       {}",
+        if purges.is_empty() { "  none" } else { &purges }
+    );
     s
 }
 
