@@ -13,7 +13,8 @@
 //! - [`limits`]: request and response bounds (414/431/413/502), range caps.
 //! - [`mirror`]: forks sampled requests to a staging upstream and compares its answers.
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
-//! - [`admin`]: `/metrics` and `/healthz` on the admin listener.
+//! - [`admin`]: `/metrics`, `/healthz`, `/status.json` and the status page on the admin listener.
+//! - [`cli`]: `shellac stat` and the other tools that talk to a running instance.
 //! - [`metrics`]: every metric, declared in one place.
 //! - [`access_log`], [`request_id`]: one log line per request, and the id that ties logs together.
 //! - [`reload`]: `shellac reload`, signals, zero-downtime hand-over to a new process.
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod app;
 pub mod authority;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod forward;

@@ -229,11 +229,11 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         meta: &CacheMeta,
-        _hit: &mut HitHandler,
+        hit: &mut HitHandler,
         _is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(self.cache.on_hit(session, meta, &mut ctx.cache))
+        Ok(self.cache.on_hit(session, meta, hit, &mut ctx.cache))
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

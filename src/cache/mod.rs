@@ -69,6 +69,8 @@ pub struct CacheCtx {
     /// The client's directives forced validation (§5.2.1).
     forced: bool,
     had_stale: bool,
+    /// The tier that answered the lookup (`memory`, `memcached`), for the lookup metric.
+    tier: Option<&'static str>,
     /// The response body comes from the cache (counted as served bytes).
     pub from_cache: bool,
 }
@@ -261,15 +263,17 @@ impl Cache {
         &self,
         session: &Session,
         meta: &CacheMeta,
+        hit: &pingora::cache::HitHandler,
         cx: &mut CacheCtx,
     ) -> Option<pingora::cache::ForcedFreshness> {
+        cx.tier = Some(self.storage.tier_of(hit));
         let forced = policy::on_hit(session.req_header(), meta, SystemTime::now());
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
         forced
     }
 
     /// `response_filter`: `Age` on responses served from storage, `Cache-Status` on every
-    /// response of a caching route, and the lookup metric.
+    /// response of a caching route, and the lookup metric (by result and answering tier).
     pub fn respond(
         &self,
         session: &Session,
@@ -282,7 +286,7 @@ impl Cache {
             resp.insert_header("cache-status", value)?;
             let Some(lookup) = lookup else { return Ok("-") };
             metrics::CACHE_LOOKUPS
-                .with_label_values(&[lookup.label()])
+                .with_label_values(&[lookup.label(), "none"])
                 .inc();
             return Ok(lookup.label());
         }
@@ -320,8 +324,10 @@ impl Cache {
             },
         };
         let (value, lookup) = status::cache_status(&facts);
+        // Misses and passes were answered by no tier.
+        let tier = cx.tier.filter(|_| cx.from_cache).unwrap_or("none");
         metrics::CACHE_LOOKUPS
-            .with_label_values(&[lookup.label()])
+            .with_label_values(&[lookup.label(), tier])
             .inc();
         resp.insert_header("cache-status", value)?;
         Ok(lookup.label())
