@@ -236,6 +236,15 @@ impl ProxyHttp for Proxy {
         Ok(self.cache.on_hit(session, meta, hit, &mut ctx.cache))
     }
 
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<bool> {
+        Ok(self.cache.not_modified(session.req_header(), resp))
+    }
+
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.cache.before_upstream(session, &mut ctx.cache).await
     }

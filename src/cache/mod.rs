@@ -87,6 +87,10 @@ pub struct Cache {
     lock_timeout: Duration,
     max_object: usize,
     heuristic: Heuristic,
+    /// RFC 9213 targeted fields, in order of precedence.
+    targeted: Vec<http::HeaderName>,
+    forward_targeted: bool,
+    vary_normalize: Vec<http::HeaderName>,
     purger: purge::Purger,
 }
 
@@ -128,6 +132,9 @@ impl Cache {
                 fraction: conf.heuristic_fraction,
                 max: conf.heuristic_max,
             },
+            targeted: conf.targeted_fields.clone(),
+            forward_targeted: conf.forward_targeted_fields,
+            vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
                 allow: purge_allow,
@@ -159,7 +166,7 @@ impl Cache {
     }
 
     pub fn vary(&self, meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-        vary::variance(meta.headers(), req)
+        vary::variance(meta.headers(), req, &self.vary_normalize)
     }
 
     /// `upstream_request_filter`: when the request left for the origin (§4.2.3).
@@ -239,7 +246,8 @@ impl Cache {
             }
             None => resp,
         };
-        match policy::storable(session.req_header(), resp, t, self.heuristic, cx.rule.stale) {
+        let req = session.req_header();
+        match policy::storable(req, resp, t, self.heuristic, cx.rule.stale, &self.targeted) {
             Ok(meta) => {
                 cx.stored = true;
                 RespCacheable::Cacheable(meta)
@@ -267,7 +275,12 @@ impl Cache {
         cx: &mut CacheCtx,
     ) -> Option<pingora::cache::ForcedFreshness> {
         cx.tier = Some(self.storage.tier_of(hit));
-        let forced = policy::on_hit(session.req_header(), meta, SystemTime::now());
+        let forced = policy::on_hit(
+            session.req_header(),
+            meta,
+            SystemTime::now(),
+            &self.targeted,
+        );
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
         forced
     }
@@ -281,6 +294,12 @@ impl Cache {
         cx: &mut CacheCtx,
         upstream_status: u16,
     ) -> Result<&'static str> {
+        if !self.forward_targeted {
+            // RFC 9213 fields speak to caches; this one has read them.
+            for name in &self.targeted {
+                resp.remove_header(name);
+            }
+        }
         if !cx.enabled {
             let (value, lookup) = status::uncached(cx.rule.enabled);
             resp.insert_header("cache-status", value)?;
@@ -331,6 +350,12 @@ impl Cache {
             .inc();
         resp.insert_header("cache-status", value)?;
         Ok(lookup.label())
+    }
+
+    /// `cache_not_modified_filter`: whether the stored response answers the client's
+    /// conditional request with 304.
+    pub fn not_modified(&self, req: &RequestHeader, resp: &ResponseHeader) -> bool {
+        policy::conditional::not_modified(req, resp)
     }
 
     /// `request_filter` for the `PURGE` method.

@@ -28,6 +28,17 @@ pub struct Cache {
     pub heuristic_max: Duration,
     /// The shared tier (L2); omit for memory only.
     pub memcached: Option<Memcached>,
+    /// RFC 9213 targeted fields, first present and valid wins over `Cache-Control` for this
+    /// cache's decisions. Put `shellac-cache-control` first for a field only Shellac obeys.
+    #[serde(default = "targeted", deserialize_with = "values::header_names")]
+    pub targeted_fields: Vec<http::HeaderName>,
+    /// Send targeted fields on to clients (they are for caches, so by default they stop here).
+    #[serde(default)]
+    pub forward_targeted_fields: bool,
+    /// Request fields whose list members are normalised (order, case, whitespace) before Vary
+    /// matching, so equivalent requests share a variant.
+    #[serde(default = "vary_normalize", deserialize_with = "values::header_names")]
+    pub vary_normalize: Vec<http::HeaderName>,
 }
 
 impl Default for Cache {
@@ -220,6 +231,12 @@ fn five() -> u32 {
 }
 fn four() -> usize {
     4
+}
+fn targeted() -> Vec<http::HeaderName> {
+    vec![http::HeaderName::from_static("cdn-cache-control")]
+}
+fn vary_normalize() -> Vec<http::HeaderName> {
+    vec![http::header::ACCEPT_ENCODING, http::header::ACCEPT_LANGUAGE]
 }
 fn namespace() -> String {
     "shellac1".into()
