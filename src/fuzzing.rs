@@ -110,6 +110,7 @@ pub fn cache_control(data: &[u8]) {
     let stale = policy::StaleDefaults {
         while_revalidate: (pick % 3) as u32,
         if_error: (pick % 5) as u32,
+        on_disconnect: (pick % 7) as u32,
     };
     let later = now + Duration::from_secs((pick as u64) * 7);
     let meta = match policy::storable(&req, &resp, timing, heuristic, stale, &[]) {

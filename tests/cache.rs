@@ -856,3 +856,69 @@ async fn expires_in_rfc_850_and_asctime_forms() {
         assert_eq!(origin.count(), 1, "{expires}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_stands_in_for_an_unreachable_origin_but_not_for_its_5xx() {
+    let failing = Arc::new(AtomicUsize::new(0));
+    let f = failing.clone();
+    let origin = Origin::start(move |req| {
+        if f.load(Ordering::SeqCst) == 1 {
+            return Reply::new(500, "origin error");
+        }
+        let v = if req.path() == "/mr" {
+            "max-age=1, must-revalidate"
+        } else {
+            "max-age=1"
+        };
+        Reply::ok("good").header("Cache-Control", v)
+    })
+    .await;
+    // No stale-if-error anywhere: only cache.stale_on_disconnect (default 10s) applies.
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/d").await;
+    shellac.get("/mr").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // both are stale now
+    failing.store(1, Ordering::SeqCst);
+    let r = shellac.get("/d").await;
+    assert_eq!(
+        r.status, 500,
+        "an origin 5xx is governed by stale-if-error only"
+    );
+    origin.kill();
+    let r = shellac.get("/d").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "good"),
+        "unreachable origin: the stale copy answers"
+    );
+    assert!(
+        status_of(&r).contains("detail=stale-on-disconnect"),
+        "{}",
+        status_of(&r)
+    );
+    let r = shellac.get("/mr").await;
+    assert_eq!(
+        r.status, 502,
+        "must-revalidate forbids stale even when disconnected"
+    );
+
+    // With the window set to zero, a dead origin is a 502.
+    let origin = Origin::start(cc("max-age=1")).await;
+    let shellac = Shellac::start(
+        &cached(&origin, "", "")
+            .replace("cache: {", "cache: {stale_on_disconnect: 0s, ")
+            .replace(
+                "routes:",
+                if on_memcached() {
+                    "routes:"
+                } else {
+                    "cache: {stale_on_disconnect: 0s}\nroutes:"
+                },
+            ),
+    )
+    .await;
+    shellac.get("/z").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    origin.kill();
+    assert_eq!(shellac.get("/z").await.status, 502);
+}

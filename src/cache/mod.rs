@@ -28,6 +28,7 @@ use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason,
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
+use policy::stale::{self as stale_policy, StaleReason};
 use policy::{Heuristic, Refusal, StaleDefaults, Timing};
 use status::{Facts, Served};
 use std::time::{Duration, SystemTime};
@@ -50,6 +51,8 @@ impl CacheRule {
             stale: StaleDefaults {
                 while_revalidate: secs(r.stale_while_revalidate),
                 if_error: secs(r.stale_if_error),
+                // Cache-wide; `Cache::enable` fills it in.
+                on_disconnect: 0,
             },
         }
     }
@@ -69,6 +72,8 @@ pub struct CacheCtx {
     /// The client's directives forced validation (§5.2.1).
     forced: bool,
     had_stale: bool,
+    /// Why a stale copy stood in for the origin's answer.
+    stale_reason: Option<StaleReason>,
     /// The tier that answered the lookup (`memory`, `memcached`), for the lookup metric.
     tier: Option<&'static str>,
     /// The response body comes from the cache (counted as served bytes).
@@ -90,6 +95,8 @@ pub struct Cache {
     /// RFC 9213 targeted fields, in order of precedence.
     targeted: Vec<http::HeaderName>,
     forward_targeted: bool,
+    /// `cache.stale_on_disconnect`, whole seconds.
+    on_disconnect: u32,
     vary_normalize: Vec<http::HeaderName>,
     purger: purge::Purger,
 }
@@ -134,6 +141,7 @@ impl Cache {
             },
             targeted: conf.targeted_fields.clone(),
             forward_targeted: conf.forward_targeted_fields,
+            on_disconnect: conf.stale_on_disconnect.as_secs().min(u32::MAX as u64) as u32,
             vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
@@ -145,6 +153,7 @@ impl Cache {
     /// `request_cache_filter`: turn caching on for GET and HEAD on caching routes.
     pub fn enable(&self, session: &mut Session, rule: &CacheRule, cx: &mut CacheCtx) {
         cx.rule = *rule;
+        cx.rule.stale.on_disconnect = self.on_disconnect;
         if !rule.enabled || !matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
             return;
         }
@@ -315,7 +324,9 @@ impl Cache {
                 coalesced: session.cache.lock_duration().is_some(),
             },
             CachePhase::StaleUpdating => Served::StaleWhileRevalidate,
-            CachePhase::Stale => Served::StaleIfError,
+            CachePhase::Stale => {
+                Served::StaleOnError(cx.stale_reason.unwrap_or(StaleReason::IfError))
+            }
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Served::Revalidated,
             _ => Served::Origin {
                 bypass: matches!(phase, CachePhase::Bypass),
@@ -350,6 +361,32 @@ impl Cache {
             .inc();
         resp.insert_header("cache-status", value)?;
         Ok(lookup.label())
+    }
+
+    /// `should_serve_stale`: whether a stored stale copy may answer for this failure (§4.2.4,
+    /// RFC 5861). Without an error (stale-while-revalidate) the stored window decides alone.
+    pub fn may_serve_stale(
+        &self,
+        session: &Session,
+        cx: &mut CacheCtx,
+        error: Option<&pingora::Error>,
+    ) -> bool {
+        let Some(error) = error else { return true };
+        let Some(meta) = session.cache.maybe_cache_meta() else {
+            return false;
+        };
+        let stale_for = SystemTime::now()
+            .duration_since(meta.fresh_until())
+            .map_or(0, |d| d.as_secs());
+        let cc = policy::targeted::response_cc(meta.response_header(), &self.targeted);
+        let (_, origin_if_error) = stale_policy::origin_windows(cc.as_ref(), cx.rule.stale);
+        cx.stale_reason = stale_policy::may_serve_stale(
+            stale_policy::classify(error),
+            stale_for,
+            origin_if_error,
+            cx.rule.stale.on_disconnect,
+        );
+        cx.stale_reason.is_some()
     }
 
     /// `cache_not_modified_filter`: whether the stored response answers the client's

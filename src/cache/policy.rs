@@ -41,6 +41,9 @@ pub struct Heuristic {
 pub struct StaleDefaults {
     pub while_revalidate: u32,
     pub if_error: u32,
+    /// How long a stale copy may stand in when the origin cannot be reached at all (§4.2.4);
+    /// never longer than the origin allows stale at all.
+    pub on_disconnect: u32,
 }
 
 /// When the request went to the origin and when its response header arrived (§4.2.3).
@@ -70,6 +73,7 @@ pub fn storable(
     let lifetime = match freshness_lifetime(resp, cc.as_ref(), date, directives.public, heuristic) {
         _ if directives.no_cache => Duration::ZERO,
         Some(l) => l,
+        None if resp.status.is_server_error() => return Err(Refusal::ServerError),
         None => return Err(Refusal::NoFreshness),
     };
     let (swr, sie) = stale::windows(cc.as_ref(), stale);

@@ -26,6 +26,12 @@ pub struct Cache {
     /// Upper bound on heuristic freshness.
     #[serde(default = "secs::<86400>", deserialize_with = "values::duration")]
     pub heuristic_max: Duration,
+    /// RFC 9111 §4.2.4: how long past its freshness a stored response may answer when the
+    /// origin cannot be reached at all (connect failed, closed or reset before answering),
+    /// unless the origin forbade stale. Varnish's default grace; an origin 5xx is governed by
+    /// stale-if-error only.
+    #[serde(default = "secs::<10>", deserialize_with = "values::duration")]
+    pub stale_on_disconnect: Duration,
     /// The shared tier (L2); omit for memory only.
     pub memcached: Option<Memcached>,
     /// RFC 9213 targeted fields, first present and valid wins over `Cache-Control` for this

@@ -310,6 +310,7 @@ fn stale_windows_section_4_2_4() {
     let defaults = StaleDefaults {
         while_revalidate: 5,
         if_error: 50,
+        on_disconnect: 0,
     };
     let m = |cc: &str| {
         storable(
