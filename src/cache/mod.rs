@@ -71,6 +71,8 @@ pub struct CacheCtx {
     had_stale: bool,
     /// The response body comes from the cache (counted as served bytes).
     pub from_cache: bool,
+    /// Freshness set by rules for the origin's answer.
+    pub overrides: policy::Overrides,
 }
 
 /// Request-dependent refusals: the Predictor must not remember them for the URL.
@@ -237,7 +239,8 @@ impl Cache {
             }
             None => resp,
         };
-        match policy::storable(session.req_header(), resp, t, self.heuristic, cx.rule.stale) {
+        let (h, o) = (self.heuristic, cx.overrides);
+        match policy::storable_with(session.req_header(), resp, t, h, cx.rule.stale, o) {
             Ok(meta) => {
                 cx.stored = true;
                 RespCacheable::Cacheable(meta)
