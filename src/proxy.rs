@@ -413,6 +413,7 @@ impl ProxyHttp for Proxy {
             upstream: ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()),
             cache_status: ctx.cache_status,
             request_id: &ctx.request_id,
+            rules: &self.rules.applied(&ctx.rules),
         };
         access_log::record(session, &facts);
     }

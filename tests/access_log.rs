@@ -20,14 +20,14 @@ async fn origin() -> Origin {
     .await
 }
 
-/// Lines of `path` by their last field (the request id), once every id in `ids` is there.
+/// Lines of `path` by their request id (field 11), once every id in `ids` is there.
 async fn lines_for(path: &Path, ids: &[String]) -> HashMap<String, Vec<String>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
         for line in text.lines() {
-            let id = line.rsplit(' ').next().unwrap_or("").to_string();
+            let id = line.split(' ').nth(10).unwrap_or("").to_string();
             by_id.entry(id).or_default().push(line.to_string());
         }
         if ids.iter().all(|id| by_id.contains_key(id)) {
@@ -123,7 +123,7 @@ async fn one_line_per_request_with_every_field() {
         let lines = &by_id[id];
         assert_eq!(lines.len(), 1, "{lines:?}");
         let f: Vec<&str> = lines[0].split(' ').collect();
-        assert_eq!(f.len(), 11, "{}", lines[0]);
+        assert_eq!(f.len(), 12, "{}", lines[0]);
         assert!(
             f[0].len() == 24 && f[0].ends_with('Z') && f[0].as_bytes()[10] == b'T',
             "{}",

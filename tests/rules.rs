@@ -489,3 +489,48 @@ async fn the_plugin_example_runs_with_its_plugin() {
     assert_eq!(r.header("x-plugin"), Some("token-gate"));
     assert_eq!(origin.count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_reload_with_the_config_and_are_named_in_the_access_log() {
+    let origin = Origin::start(cached("page")).await;
+    let ping = |body: &str| {
+        let rules = format!(
+            "  - {{name: ping, match: {{path: /ping}}, request: {{respond: {{body: {body}}}}}}}\n"
+        );
+        format!(
+            "{}access_log: {{target: \"{{DIR}}/access.log\"}}\n",
+            conf(&origin, None, &rules)
+        )
+    };
+    let mut s = Shellac::start(&ping("one")).await;
+    assert_eq!(s.get("/ping").await.text(), "one");
+    let yaml = Shellac::render(&ping("two"), &s.dir, s.addr, s.admin, 1);
+    std::fs::write(&s.config_path, yaml).unwrap();
+    let _old = s.reload().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if s.get("/ping").await.text() == "two" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload kept the old rules"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.get("/page").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(s.dir.join("access.log")).unwrap_or_default();
+        let fields = |l: &str| l.split(' ').nth(11).map(String::from);
+        let ping = log.lines().find(|l| l.contains(" /ping ")).and_then(fields);
+        let page = log.lines().find(|l| l.contains(" /page ")).and_then(fields);
+        if ping.is_some() && page.is_some() {
+            assert_eq!(ping.as_deref(), Some("ping"), "{log}");
+            assert_eq!(page.as_deref(), Some("-"), "{log}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -213,9 +213,9 @@ impl Rules {
         }
     }
 
-    /// `detail=rules:a+b` in `Cache-Status` (appended to an existing detail).
-    fn annotate(&self, resp: &mut ResponseHeader, d: &Decisions) {
-        let mut names = String::from("rules:");
+    /// The names of the plugins that applied, joined by `+` (empty, unallocated, if none).
+    pub fn applied(&self, d: &Decisions) -> String {
+        let mut names = String::new();
         for (n, &i) in d.applied.iter().enumerate() {
             if n > 0 {
                 names.push('+');
@@ -226,6 +226,12 @@ impl Rules {
                     .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
             );
         }
+        names
+    }
+
+    /// `detail=rules:a+b` in `Cache-Status` (appended to an existing detail).
+    fn annotate(&self, resp: &mut ResponseHeader, d: &Decisions) {
+        let names = self.applied(d);
         let old = resp
             .headers
             .get("cache-status")
@@ -234,9 +240,9 @@ impl Rules {
         let value = match old.find("detail=") {
             Some(at) => {
                 let end = old[at..].find(';').map_or(old.len(), |e| at + e);
-                format!("{}+{names}{}", &old[..end], &old[end..])
+                format!("{}+rules:{names}{}", &old[..end], &old[end..])
             }
-            None => format!("{old}; detail={names}"),
+            None => format!("{old}; detail=rules:{names}"),
         };
         let _ = resp.insert_header("cache-status", value);
     }
