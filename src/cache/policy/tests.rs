@@ -466,7 +466,8 @@ fn operator_overrides() {
         ..Overrides::default()
     };
     let lm = date(NOW - 86400);
-    let table: &[(Fields, Overrides, Result<(i64, bool), &str>)] = &[
+    type Row<'a> = (Fields<'a>, Overrides, Result<(i64, bool), &'a str>);
+    let table: &[Row] = &[
         // ttl: only without explicit freshness, ahead of the heuristic.
         (&[("Date", &d)], ttl, Ok((600, false))),
         (
