@@ -17,6 +17,8 @@ use super::config::MatchConf;
 pub enum Glob {
     Any,
     Exact(String),
+    /// `/static/**`: a plain prefix test, no regex.
+    Prefix(String),
     Pattern(Regex),
 }
 
@@ -49,6 +51,11 @@ impl Glob {
         if !p.contains(['*', '?']) {
             return Ok(Glob::Exact(p.to_string()));
         }
+        if let Some(prefix) = p.strip_suffix("**") {
+            if !prefix.contains(['*', '?']) && (!segments || prefix.ends_with('/')) {
+                return Ok(Glob::Prefix(prefix.to_string()));
+            }
+        }
         let (star, one) = if segments {
             ("[^/]*", "[^/]")
         } else {
@@ -80,6 +87,7 @@ impl Glob {
         match self {
             Glob::Any => true,
             Glob::Exact(e) => e == s,
+            Glob::Prefix(p) => s.starts_with(p.as_str()),
             Glob::Pattern(r) => r.is_match(s),
         }
     }
@@ -317,6 +325,10 @@ mod tests {
         let g = Glob::path("/static/**").unwrap();
         assert!(g.matches("/static/a/b.css"));
         assert!(!g.matches("/other/static/a"));
+        assert!(matches!(g, Glob::Prefix(_)));
+        assert!(!g.matches("/static"));
+        let g = Glob::path("/a/**/b").unwrap();
+        assert!(g.matches("/a/x/y/b") && !g.matches("/a/x/c"));
         let g = Glob::path("/old/*").unwrap();
         assert!(g.matches("/old/a"));
         assert!(!g.matches("/old/a/b"));
