@@ -9,8 +9,8 @@
 //! ASCII and `\` are written `\xHH`, so fields never contain spaces):
 //!
 //! ```text
-//! time client method host target status bytes duration upstream cache request_id rules
-//! 2025-03-01T12:00:00.123Z 127.0.0.1 GET example.com /a?b=1 200 5120 0.003120 127.0.0.1:9001 - 3f9a1c0b7e42-1a static+cors
+//! time client method host target status bytes duration upstream cache rules request_id
+//! 2025-03-01T12:00:00.123Z 127.0.0.1 GET example.com /a?b=1 200 5120 0.003120 127.0.0.1:9001 - static+cors 3f9a1c0b7e42-1a
 //! ```
 //!
 //! `time` is when the request arrived (UTC, ms), `bytes` the response body bytes sent to the
@@ -161,9 +161,9 @@ fn format_line(session: &Session, f: &Facts, now: SystemTime) -> String {
     line.push(' ');
     push_field(&mut line, f.cache_status.as_bytes());
     line.push(' ');
-    push_field(&mut line, f.request_id.as_bytes());
-    line.push(' ');
     push_field(&mut line, f.rules.as_bytes());
+    line.push(' ');
+    push_field(&mut line, f.request_id.as_bytes());
     line.push('\n');
     line
 }

@@ -160,7 +160,7 @@ async fn five_reloads_under_load_drop_nothing() {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         counts = std::collections::HashMap::<String, usize>::new();
         for line in text.lines() {
-            let id = line.split(' ').nth(10).unwrap_or("").to_string();
+            let id = line.rsplit(' ').next().unwrap_or("").to_string();
             *counts.entry(id).or_default() += 1;
         }
         if ids.iter().all(|id| counts.contains_key(id)) || Instant::now() > deadline {

@@ -522,7 +522,7 @@ async fn rules_reload_with_the_config_and_are_named_in_the_access_log() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let log = std::fs::read_to_string(s.dir.join("access.log")).unwrap_or_default();
-        let fields = |l: &str| l.split(' ').nth(11).map(String::from);
+        let fields = |l: &str| l.split(' ').nth(10).map(String::from);
         let ping = log.lines().find(|l| l.contains(" /ping ")).and_then(fields);
         let page = log.lines().find(|l| l.contains(" /page ")).and_then(fields);
         if ping.is_some() && page.is_some() {
