@@ -28,6 +28,7 @@ use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason,
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
+use policy::stale::{self as stale_policy, StaleReason};
 use policy::{Heuristic, Refusal, StaleDefaults, Timing};
 use status::{Facts, Served};
 use std::time::{Duration, SystemTime};
@@ -50,6 +51,8 @@ impl CacheRule {
             stale: StaleDefaults {
                 while_revalidate: secs(r.stale_while_revalidate),
                 if_error: secs(r.stale_if_error),
+                // Cache-wide; `Cache::enable` fills it in.
+                on_disconnect: 0,
             },
         }
     }
@@ -69,6 +72,10 @@ pub struct CacheCtx {
     /// The client's directives forced validation (§5.2.1).
     forced: bool,
     had_stale: bool,
+    /// Why a stale copy stood in for the origin's answer.
+    stale_reason: Option<StaleReason>,
+    /// The tier that answered the lookup (`memory`, `memcached`), for the lookup metric.
+    tier: Option<&'static str>,
     /// The response body comes from the cache (counted as served bytes).
     pub from_cache: bool,
     /// Freshness set by rules for the origin's answer.
@@ -87,6 +94,12 @@ pub struct Cache {
     lock_timeout: Duration,
     max_object: usize,
     heuristic: Heuristic,
+    /// RFC 9213 targeted fields, in order of precedence.
+    targeted: Vec<http::HeaderName>,
+    forward_targeted: bool,
+    /// `cache.stale_on_disconnect`, whole seconds.
+    on_disconnect: u32,
+    vary_normalize: Vec<http::HeaderName>,
     purger: purge::Purger,
 }
 
@@ -128,6 +141,10 @@ impl Cache {
                 fraction: conf.heuristic_fraction,
                 max: conf.heuristic_max,
             },
+            targeted: conf.targeted_fields.clone(),
+            forward_targeted: conf.forward_targeted_fields,
+            on_disconnect: conf.stale_on_disconnect.as_secs().min(u32::MAX as u64) as u32,
+            vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
                 allow: purge_allow,
@@ -138,6 +155,7 @@ impl Cache {
     /// `request_cache_filter`: turn caching on for GET and HEAD on caching routes.
     pub fn enable(&self, session: &mut Session, rule: &CacheRule, cx: &mut CacheCtx) {
         cx.rule = *rule;
+        cx.rule.stale.on_disconnect = self.on_disconnect;
         if !rule.enabled || !matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
             return;
         }
@@ -159,7 +177,7 @@ impl Cache {
     }
 
     pub fn vary(&self, meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-        vary::variance(meta.headers(), req)
+        vary::variance(meta.headers(), req, &self.vary_normalize)
     }
 
     /// `upstream_request_filter`: when the request left for the origin (§4.2.3).
@@ -239,8 +257,8 @@ impl Cache {
             }
             None => resp,
         };
-        let (h, o) = (self.heuristic, cx.overrides);
-        match policy::storable_with(session.req_header(), resp, t, h, cx.rule.stale, o) {
+        let (req, h, o) = (session.req_header(), self.heuristic, cx.overrides);
+        match policy::storable_with(req, resp, t, h, cx.rule.stale, &self.targeted, o) {
             Ok(meta) => {
                 cx.stored = true;
                 RespCacheable::Cacheable(meta)
@@ -264,15 +282,22 @@ impl Cache {
         &self,
         session: &Session,
         meta: &CacheMeta,
+        hit: &pingora::cache::HitHandler,
         cx: &mut CacheCtx,
     ) -> Option<pingora::cache::ForcedFreshness> {
-        let forced = policy::on_hit(session.req_header(), meta, SystemTime::now());
+        cx.tier = Some(self.storage.tier_of(hit));
+        let forced = policy::on_hit(
+            session.req_header(),
+            meta,
+            SystemTime::now(),
+            &self.targeted,
+        );
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
         forced
     }
 
     /// `response_filter`: `Age` on responses served from storage, `Cache-Status` on every
-    /// response of a caching route, and the lookup metric.
+    /// response of a caching route, and the lookup metric (by result and answering tier).
     pub fn respond(
         &self,
         session: &Session,
@@ -280,12 +305,18 @@ impl Cache {
         cx: &mut CacheCtx,
         upstream_status: u16,
     ) -> Result<&'static str> {
+        if !self.forward_targeted {
+            // RFC 9213 fields speak to caches; this one has read them.
+            for name in &self.targeted {
+                resp.remove_header(name);
+            }
+        }
         if !cx.enabled {
             let (value, lookup) = status::uncached(cx.rule.enabled);
             resp.insert_header("cache-status", value)?;
             let Some(lookup) = lookup else { return Ok("-") };
             metrics::CACHE_LOOKUPS
-                .with_label_values(&[lookup.label()])
+                .with_label_values(&[lookup.label(), "none"])
                 .inc();
             return Ok(lookup.label());
         }
@@ -295,7 +326,9 @@ impl Cache {
                 coalesced: session.cache.lock_duration().is_some(),
             },
             CachePhase::StaleUpdating => Served::StaleWhileRevalidate,
-            CachePhase::Stale => Served::StaleIfError,
+            CachePhase::Stale => {
+                Served::StaleOnError(cx.stale_reason.unwrap_or(StaleReason::IfError))
+            }
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Served::Revalidated,
             _ => Served::Origin {
                 bypass: matches!(phase, CachePhase::Bypass),
@@ -323,11 +356,51 @@ impl Cache {
             },
         };
         let (value, lookup) = status::cache_status(&facts);
+        // Misses and passes were answered by no tier.
+        let tier = cx.tier.filter(|_| cx.from_cache).unwrap_or("none");
         metrics::CACHE_LOOKUPS
-            .with_label_values(&[lookup.label()])
+            .with_label_values(&[lookup.label(), tier])
             .inc();
         resp.insert_header("cache-status", value)?;
         Ok(lookup.label())
+    }
+
+    /// `should_serve_stale`: whether a stored stale copy may answer for this failure (§4.2.4,
+    /// RFC 5861); `by_rules` are the windows rules give the stored response. Without an error (stale-while-revalidate) the stored window decides alone.
+    pub fn may_serve_stale(
+        &self,
+        session: &Session,
+        cx: &mut CacheCtx,
+        error: Option<&pingora::Error>,
+        by_rules: Option<StaleDefaults>,
+    ) -> bool {
+        let Some(error) = error else { return true };
+        let Some(meta) = session.cache.maybe_cache_meta() else {
+            return false;
+        };
+        let stale_for = SystemTime::now()
+            .duration_since(meta.fresh_until())
+            .map_or(0, |d| d.as_secs());
+        let cc = policy::targeted::response_cc(meta.response_header(), &self.targeted);
+        // A rule's stale windows stand in for the route's, as when the copy was stored.
+        let defaults = by_rules.map_or(cx.rule.stale, |r| StaleDefaults {
+            on_disconnect: cx.rule.stale.on_disconnect,
+            ..r
+        });
+        let (_, origin_if_error) = stale_policy::origin_windows(cc.as_ref(), defaults);
+        cx.stale_reason = stale_policy::may_serve_stale(
+            stale_policy::classify(error),
+            stale_for,
+            origin_if_error,
+            cx.rule.stale.on_disconnect,
+        );
+        cx.stale_reason.is_some()
+    }
+
+    /// `cache_not_modified_filter`: whether the stored response answers the client's
+    /// conditional request with 304.
+    pub fn not_modified(&self, req: &RequestHeader, resp: &ResponseHeader) -> bool {
+        policy::conditional::not_modified(req, resp)
     }
 
     /// `request_filter` for the `PURGE` method.

@@ -254,8 +254,9 @@ pub enum Selection {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub kind: CheckKind,
-    /// Requested path for `kind: http`; any 2xx passes.
-    pub path: Option<String>,
+    /// Requested path for `kind: http`; any 2xx passes. A `tcp` check ignores it.
+    #[serde(default = "slash")]
+    pub path: String,
     /// Host header for `kind: http`.
     #[serde(default = "localhost")]
     pub host: String,
@@ -441,17 +442,13 @@ impl Config {
             }
             if let Some(hc) = &u.health_check {
                 let hp = format!("{p}.health_check");
-                match (hc.kind, &hc.path) {
-                    (CheckKind::Tcp, Some(_)) => {
-                        return err(
-                            format!("{hp}.path"),
-                            "a tcp check has no path; remove it or use kind: http",
-                        )
-                    }
-                    (CheckKind::Http, Some(path)) if !path.starts_with('/') => {
-                        return err(format!("{hp}.path"), format!("{path:?} must start with /"))
-                    }
-                    _ => {}
+                if hc.kind == CheckKind::Http
+                    && (!hc.path.starts_with('/') || hc.path.parse::<http::Uri>().is_err())
+                {
+                    return err(
+                        format!("{hp}.path"),
+                        format!("{:?} must start with / and be a valid path", hc.path),
+                    );
                 }
                 if hc.interval < Duration::from_millis(100) {
                     return err(format!("{hp}.interval"), "must be at least 100ms");

@@ -21,7 +21,7 @@ pub use plugin::{
     CacheMode, Decisions, DeliverCx, OriginCx, Phases, Plugin, RequestCx, Synthetic, Verdict,
 };
 
-use crate::cache::policy::Overrides;
+use crate::cache::policy::{Overrides, StaleDefaults};
 use crate::cache::CacheRule;
 use crate::config::ConfigError;
 use pingora::cache::CacheKey;
@@ -180,6 +180,26 @@ impl Rules {
             force_ttl: d.force_ttl,
             stale: d.stale,
         }
+    }
+
+    /// On an origin failure with a stale copy at hand: the `stale` windows the origin_response
+    /// rules give the stored response (evaluated on a copy, deciding nothing else).
+    pub fn stored_stale(
+        &self,
+        session: &Session,
+        route: Option<usize>,
+        d: &Decisions,
+    ) -> Option<StaleDefaults> {
+        if self.origin.is_empty() {
+            return None;
+        }
+        let mut stored = session.cache.maybe_cache_meta()?.response_header().clone();
+        let mut scratch = Decisions {
+            limit: d.limit,
+            ..Decisions::default()
+        };
+        self.origin_response(session, &mut stored, route, &mut scratch)
+            .stale
     }
 
     /// Every response to the client; then the names of the plugins that applied go into

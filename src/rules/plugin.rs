@@ -235,6 +235,7 @@ impl OriginCx<'_> {
         self.d.stale = Some(StaleDefaults {
             while_revalidate: s(while_revalidate),
             if_error: s(if_error),
+            on_disconnect: 0, // the route's; rules do not set it
         });
     }
     pub(crate) fn facts(&self) -> Facts<'_> {

@@ -1,5 +1,5 @@
-//! The command line, shared by `shellac` and custom binaries built with plugins:
-//! `shellac -c FILE` runs the proxy; `-t` checks the config; `-d` daemonizes; `-u` takes over
+//! The proxy's command line, shared by `shellac` and custom binaries built with plugins:
+//! the tools of [`super::dispatch`] (`stat`, `warm`…), else `shellac -c FILE` runs the proxy; `-t` checks the config; `-d` daemonizes; `-u` takes over
 //! the listeners of a running instance. These are Pingora's own flags (`shellac --help`).
 //! `shellac reload -c FILE [-d]` validates FILE and replaces the running instance (see `reload`).
 
@@ -15,6 +15,9 @@ pub fn main(plugins: Vec<Arc<dyn Plugin>>) {
     reload::ignore_sighup();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut args: Vec<String> = std::env::args().collect();
+    if let Some(code) = super::dispatch(&args) {
+        exit(code);
+    }
     let reloading = args.get(1).is_some_and(|a| a == reload::SUBCOMMAND);
     if reloading {
         args.remove(1);
