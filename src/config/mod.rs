@@ -24,7 +24,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Pingora's `ServerConf` (threads, pid_file, upgrade_sock, grace periods…), passed through.
-    #[serde(default = "default_pingora")]
+    #[serde(default = "default_pingora", deserialize_with = "pingora_conf")]
     pub pingora: ServerConf,
     /// Public HTTP listeners.
     #[serde(deserialize_with = "values::socket_addrs")]
@@ -102,7 +102,28 @@ fn conns() -> usize {
 }
 
 fn default_pingora() -> ServerConf {
-    ServerConf::default()
+    with_shellac_defaults(ServerConf::default(), false, false)
+}
+
+/// Pingora's `ServerConf`, with Shellac's defaults where the file leaves a key out: one worker
+/// thread per CPU (Pingora's own default is 1) and an upstream pool of 1024 idle connections
+/// (Pingora's 128 makes a busy node reconnect to its origins under 1000 clients).
+fn pingora_conf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ServerConf, D::Error> {
+    let v = serde_yaml::Value::deserialize(d)?;
+    let has = |k: &str| v.get(k).is_some();
+    let (threads, pool) = (has("threads"), has("upstream_keepalive_pool_size"));
+    let conf: ServerConf = serde_yaml::from_value(v).map_err(serde::de::Error::custom)?;
+    Ok(with_shellac_defaults(conf, threads, pool))
+}
+
+fn with_shellac_defaults(mut c: ServerConf, threads_set: bool, pool_set: bool) -> ServerConf {
+    if !threads_set {
+        c.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    if !pool_set {
+        c.upstream_keepalive_pool_size = 1024;
+    }
+    c
 }
 
 #[derive(Debug, Deserialize)]
@@ -551,6 +572,22 @@ routes:
         assert_eq!(app.read_timeout, Duration::from_secs(30));
         assert_eq!(c.admin.purge_allow.len(), 2);
         assert_eq!(c.access_log.target, LogTarget::Off);
+    }
+
+    #[test]
+    fn pingora_defaults_fit_a_busy_node() {
+        let c = Config::parse(GOOD).unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.pingora.threads, cpus);
+        assert_eq!(c.pingora.upstream_keepalive_pool_size, 1024);
+        let c = Config::parse(&format!(
+            "{GOOD}pingora: {{threads: 3, upstream_keepalive_pool_size: 7}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.pingora.threads, 3);
+        assert_eq!(c.pingora.upstream_keepalive_pool_size, 7);
+        let c = Config::parse(&format!("{GOOD}pingora: {{grace_period_seconds: 1}}\n")).unwrap();
+        assert_eq!(c.pingora.threads, cpus);
     }
 
     #[test]
