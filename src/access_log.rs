@@ -9,13 +9,13 @@
 //! ASCII and `\` are written `\xHH`, so fields never contain spaces):
 //!
 //! ```text
-//! time client method host target status bytes duration upstream cache request_id
-//! 2025-03-01T12:00:00.123Z 127.0.0.1 GET example.com /a?b=1 200 5120 0.003120 127.0.0.1:9001 - 3f9a1c0b7e42-1a
+//! time client method host target status bytes duration upstream cache rules request_id
+//! 2025-03-01T12:00:00.123Z 127.0.0.1 GET example.com /a?b=1 200 5120 0.003120 127.0.0.1:9001 - static+cors 3f9a1c0b7e42-1a
 //! ```
 //!
 //! `time` is when the request arrived (UTC, ms), `bytes` the response body bytes sent to the
 //! client, `duration` seconds from request arrival to the last byte, `status` 0 when no response
-//! was sent.
+//! was sent, `rules` the names of the rules and plugins that applied, joined by `+`.
 //!
 //! Files are opened with `O_APPEND` and re-opened when the path stops naming the open file
 //! (checked every second by the writer thread), so both logrotate styles work without a signal:
@@ -46,6 +46,8 @@ pub struct Facts<'a> {
     pub upstream: Option<&'a SocketAddr>,
     pub cache_status: &'a str,
     pub request_id: &'a str,
+    /// Rules and plugins that applied, `+`-joined; empty for none.
+    pub rules: &'a str,
 }
 
 enum Msg {
@@ -158,6 +160,8 @@ fn format_line(session: &Session, f: &Facts, now: SystemTime) -> String {
     }
     line.push(' ');
     push_field(&mut line, f.cache_status.as_bytes());
+    line.push(' ');
+    push_field(&mut line, f.rules.as_bytes());
     line.push(' ');
     push_field(&mut line, f.request_id.as_bytes());
     line.push('\n');

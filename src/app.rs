@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::conn::Counted;
 use crate::proxy::Proxy;
 use crate::route::Router;
+use crate::rules::Plugin;
 use crate::upstream::Group;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -20,7 +21,14 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 
 pub fn build(opt: Opt, config: Config) -> Server {
+    build_with(opt, config, Vec::new())
+}
+
+/// As [`build`], with Rust plugins run after the config's rules (see [`crate::rules::plugin`]).
+pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Server {
     crate::metrics::init();
+    let mut rules = config.compile_rules().expect("validated");
+    rules.extend(plugins);
     let Config {
         pingora,
         listen,
@@ -31,6 +39,7 @@ pub fn build(opt: Opt, config: Config) -> Server {
         limits,
         access_log,
         mirror_limits,
+        rules: _,
     } = config;
     if let Err(e) = crate::access_log::init(&access_log.target) {
         eprintln!("shellac: access_log.target {:?}: {e}", access_log.target);
@@ -58,7 +67,7 @@ pub fn build(opt: Opt, config: Config) -> Server {
     let mirror = crate::mirror::Mirror::new(&routes, &mirror_limits, |n| {
         names.iter().position(|k| *k == n).expect("validated")
     });
-    let proxy = proxy.with_mirror(mirror);
+    let proxy = proxy.with_mirror(mirror).with_rules(rules);
 
     let mut http = HttpProxy::new(proxy, server.configuration.clone());
     http.handle_init_modules();

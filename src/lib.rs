@@ -39,4 +39,5 @@ pub mod proxy;
 pub mod reload;
 pub mod request_id;
 pub mod route;
+pub mod rules;
 pub mod upstream;

@@ -12,6 +12,7 @@ use crate::mirror::{self, Mirror};
 use crate::reload;
 use crate::request_id;
 use crate::route::Router;
+use crate::rules::{self, Decisions, Rules};
 use crate::upstream::Group;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,6 +34,7 @@ pub struct Proxy {
     cache: Cache,
     limits: Limits,
     mirror: Mirror,
+    rules: Rules,
 }
 
 struct RouteStats {
@@ -70,6 +72,8 @@ pub struct Ctx {
     pub cache_status: &'static str,
     /// Set when this request is being forked to a staging upstream.
     mirror: Option<mirror::Fork>,
+    /// What the rules and plugins decided for this request.
+    rules: Decisions,
 }
 
 impl Proxy {
@@ -84,7 +88,13 @@ impl Proxy {
             cache,
             limits,
             mirror: Mirror::off(),
+            rules: Rules::default(),
         }
+    }
+
+    pub fn with_rules(mut self, rules: Rules) -> Proxy {
+        self.rules = rules;
+        self
     }
 
     pub fn with_mirror(mut self, mirror: Mirror) -> Proxy {
@@ -103,7 +113,8 @@ impl Proxy {
         let route = ctx
             .route
             .expect("upstream phases run only after a route matched");
-        &self.groups[self.router.get(route).upstream]
+        let chosen = ctx.rules.upstream();
+        &self.groups[chosen.unwrap_or_else(|| self.router.get(route).upstream)]
     }
 }
 
@@ -143,6 +154,7 @@ impl ProxyHttp for Proxy {
             request_id: String::new(),
             cache_status: "-",
             mirror: None,
+            rules: Decisions::default(),
         }
     }
 
@@ -156,6 +168,12 @@ impl ProxyHttp for Proxy {
         }
         let req = session.req_header();
         ctx.route = self.router.find(Authority::of(req).host(), req.uri.path());
+        if let Some(answer) = self.rules.request(session, ctx.route, &mut ctx.rules).await {
+            let answered = self
+                .rules
+                .answer(session, &answer, ctx.route, &mut ctx.rules);
+            return answered.await.map(|_| true);
+        }
         if ctx.route.is_none() {
             if !session.is_body_empty() {
                 return refuse(session, 404).await;
@@ -214,13 +232,14 @@ impl ProxyHttp for Proxy {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let rule = self.route(ctx).cache;
+        let rule = ctx.rules.cache_rule(self.route(ctx).cache);
         self.cache.enable(session, &rule, &mut ctx.cache);
         Ok(())
     }
 
-    fn cache_key_callback(&self, session: &Session, _ctx: &mut Ctx) -> Result<CacheKey> {
-        Ok(self.cache.key(session))
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let by_rules = ctx.rules.cache_key(session.req_header());
+        Ok(by_rules.unwrap_or_else(|| self.cache.key(session)))
     }
 
     fn cache_vary_filter(
@@ -240,6 +259,9 @@ impl ProxyHttp for Proxy {
         _is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
+        if ctx.rules.bypass() {
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
         Ok(self.cache.on_hit(session, meta, hit, &mut ctx.cache))
     }
 
@@ -266,7 +288,9 @@ impl ProxyHttp for Proxy {
     }
 
     fn should_serve_stale(&self, s: &mut Session, ctx: &mut Ctx, error: Option<&Error>) -> bool {
-        self.cache.may_serve_stale(s, &mut ctx.cache, error)
+        let by_rules = error.and_then(|_| self.rules.stored_stale(s, ctx.route, &ctx.rules));
+        self.cache
+            .may_serve_stale(s, &mut ctx.cache, error, by_rules)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -334,6 +358,9 @@ impl ProxyHttp for Proxy {
             );
         }
         forward::upstream_response(resp);
+        ctx.cache.overrides = self
+            .rules
+            .origin_response(session, resp, ctx.route, &mut ctx.rules);
         self.cache
             .upstream_response(session, resp, &mut ctx.cache)
             .await;
@@ -354,6 +381,9 @@ impl ProxyHttp for Proxy {
                 .respond(session, resp, &mut ctx.cache, ctx.upstream_status)?;
         resp.append_header(http::header::VIA, forward::VIA)?;
         request_id::echo(resp, &ctx.request_id)?;
+        let (req, client) = (session.req_header(), rules::client_ip(session));
+        self.rules
+            .deliver(req, client, resp, ctx.route, &mut ctx.rules);
         reload::close_when_draining(session);
         Ok(())
     }
@@ -400,6 +430,7 @@ impl ProxyHttp for Proxy {
             upstream: ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()),
             cache_status: ctx.cache_status,
             request_id: &ctx.request_id,
+            rules: &self.rules.applied(&ctx.rules),
         };
         access_log::record(session, &facts);
     }

@@ -78,6 +78,8 @@ pub struct CacheCtx {
     tier: Option<&'static str>,
     /// The response body comes from the cache (counted as served bytes).
     pub from_cache: bool,
+    /// Freshness set by rules for the origin's answer.
+    pub overrides: policy::Overrides,
 }
 
 /// Request-dependent refusals: the Predictor must not remember them for the URL.
@@ -255,8 +257,8 @@ impl Cache {
             }
             None => resp,
         };
-        let req = session.req_header();
-        match policy::storable(req, resp, t, self.heuristic, cx.rule.stale, &self.targeted) {
+        let (req, h, o) = (session.req_header(), self.heuristic, cx.overrides);
+        match policy::storable_with(req, resp, t, h, cx.rule.stale, &self.targeted, o) {
             Ok(meta) => {
                 cx.stored = true;
                 RespCacheable::Cacheable(meta)
@@ -364,12 +366,13 @@ impl Cache {
     }
 
     /// `should_serve_stale`: whether a stored stale copy may answer for this failure (§4.2.4,
-    /// RFC 5861). Without an error (stale-while-revalidate) the stored window decides alone.
+    /// RFC 5861); `by_rules` are the windows rules give the stored response. Without an error (stale-while-revalidate) the stored window decides alone.
     pub fn may_serve_stale(
         &self,
         session: &Session,
         cx: &mut CacheCtx,
         error: Option<&pingora::Error>,
+        by_rules: Option<StaleDefaults>,
     ) -> bool {
         let Some(error) = error else { return true };
         let Some(meta) = session.cache.maybe_cache_meta() else {
@@ -379,7 +382,12 @@ impl Cache {
             .duration_since(meta.fresh_until())
             .map_or(0, |d| d.as_secs());
         let cc = policy::targeted::response_cc(meta.response_header(), &self.targeted);
-        let (_, origin_if_error) = stale_policy::origin_windows(cc.as_ref(), cx.rule.stale);
+        // A rule's stale windows stand in for the route's, as when the copy was stored.
+        let defaults = by_rules.map_or(cx.rule.stale, |r| StaleDefaults {
+            on_disconnect: cx.rule.stale.on_disconnect,
+            ..r
+        });
+        let (_, origin_if_error) = stale_policy::origin_windows(cc.as_ref(), defaults);
         cx.stale_reason = stale_policy::may_serve_stale(
             stale_policy::classify(error),
             stale_for,

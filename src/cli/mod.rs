@@ -3,8 +3,11 @@
 //! [`dispatch`] before Pingora parses its own flags.
 
 pub mod http_client;
+pub mod run;
 pub mod stat;
 pub mod warm;
+
+pub use run::main;
 
 /// Runs `args[1]` if it names a tool; `None` leaves the arguments to the proxy.
 pub fn dispatch(args: &[String]) -> Option<i32> {

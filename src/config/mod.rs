@@ -7,7 +7,7 @@
 
 mod cache;
 mod mirror;
-mod values;
+pub(crate) mod values;
 
 pub use cache::{Cache, Memcached, Memory, MAX_CHUNKS};
 pub use mirror::{Compare, MirrorLimits, MirrorLog, RouteMirror};
@@ -42,6 +42,9 @@ pub struct Config {
     /// Bounds shared by every route's `mirror`.
     #[serde(default)]
     pub mirror_limits: MirrorLimits,
+    /// Evaluated in order on every request; see docs/rules.md.
+    #[serde(default)]
+    pub rules: Vec<crate::rules::config::RuleConf>,
 }
 
 /// Bounds on what one client or one origin can make Shellac read or hold.
@@ -329,6 +332,15 @@ pub struct Route {
     pub mirror: Option<RouteMirror>,
 }
 
+impl Route {
+    /// The route's name: `name`, else host + path_prefix.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", self.host, self.path_prefix))
+    }
+}
+
 fn star() -> String {
     "*".into()
 }
@@ -375,7 +387,10 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = serde_yaml::from_str(text).or_else(|e| {
             // serde_yaml already prefixes the key path ("upstreams.app.backends[1]: …").
-            err("", e.to_string())
+            err(
+                "",
+                crate::rules::config::with_rule_name(text, e.to_string()),
+            )
         })?;
         config.validate()?;
         Ok(config)
@@ -519,7 +534,14 @@ impl Config {
             }
         }
         mirror::validate_limits(&self.mirror_limits)?;
-        Ok(())
+        self.compile_rules().map(drop)
+    }
+
+    /// The rules compiled against this file's route and upstream names.
+    pub fn compile_rules(&self) -> Result<crate::rules::Rules, ConfigError> {
+        let routes = self.routes.iter().map(Route::label).collect();
+        let upstreams = self.upstreams.keys().cloned().collect();
+        crate::rules::Rules::compile(&self.rules, routes, upstreams)
     }
 }
 

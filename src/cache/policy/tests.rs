@@ -442,6 +442,95 @@ fn unsafe_methods_invalidate_section_4_4() {
     assert!(!invalidates(&Method::OPTIONS, 200));
 }
 
+#[test]
+fn operator_overrides() {
+    let d = date(NOW);
+    let with = |rs: Fields, o: Overrides| {
+        storable_with(
+            &req("GET", &[]),
+            &resp(200, rs),
+            timing(),
+            H,
+            StaleDefaults::default(),
+            &[],
+            o,
+        )
+        .map(|m| {
+            (
+                ttl_secs(&m, at(NOW)),
+                m.serve_stale_if_error(at(NOW + 80_000)),
+            )
+        })
+        .map_err(Refusal::label)
+    };
+    let ttl = Overrides {
+        ttl: Some(Duration::from_secs(600)),
+        ..Overrides::default()
+    };
+    let force = Overrides {
+        force_ttl: Some(Duration::from_secs(3600)),
+        ..Overrides::default()
+    };
+    let lm = date(NOW - 86400);
+    type Row<'a> = (Fields<'a>, Overrides, Result<(i64, bool), &'a str>);
+    let table: &[Row] = &[
+        // ttl: only without explicit freshness, ahead of the heuristic.
+        (&[("Date", &d)], ttl, Ok((600, false))),
+        (
+            &[("Date", &d), ("Last-Modified", &lm)],
+            ttl,
+            Ok((600, false)),
+        ),
+        (
+            &[("Date", &d), ("Cache-Control", "max-age=5")],
+            ttl,
+            Ok((5, false)),
+        ),
+        (
+            &[("Date", &d), ("Cache-Control", "private")],
+            ttl,
+            Err("private"),
+        ),
+        // force_ttl: over freshness, no-cache and private; never over no-store or Set-Cookie.
+        (
+            &[("Date", &d), ("Cache-Control", "private, no-cache")],
+            force,
+            Ok((3600, false)),
+        ),
+        (
+            &[("Date", &d), ("Cache-Control", "max-age=5")],
+            force,
+            Ok((3600, false)),
+        ),
+        (
+            &[("Date", &d), ("Cache-Control", "no-store")],
+            force,
+            Err("no-store"),
+        ),
+        (
+            &[("Date", &d), ("Set-Cookie", "a=b")],
+            force,
+            Err("set-cookie"),
+        ),
+        // stale: replaces the route's defaults; the response's own windows still win.
+        (
+            &[("Date", &d), ("Cache-Control", "max-age=5")],
+            Overrides {
+                stale: Some(StaleDefaults {
+                    while_revalidate: 0,
+                    if_error: 86400,
+                    on_disconnect: 0,
+                }),
+                ..Overrides::default()
+            },
+            Ok((5, true)),
+        ),
+    ];
+    for (rs, o, want) in table {
+        assert_eq!(&with(rs, *o), want, "{rs:?} {o:?}");
+    }
+}
+
 fn with_targeted(rs: &[(&str, &str)]) -> Result<i64, &'static str> {
     let names = [http::HeaderName::from_static("cdn-cache-control")];
     storable(
