@@ -27,7 +27,7 @@ pub fn build(opt: Opt, config: Config) -> Server {
 /// As [`build`], with Rust plugins run after the config's rules (see [`crate::rules::plugin`]).
 pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Server {
     crate::metrics::init();
-    let mut rules = config.compile_rules().expect("validated");
+    let mut rules = crate::rules::Rules::of(&config).expect("checked by cli::run before building");
     rules.extend(plugins);
     let Config {
         pingora,

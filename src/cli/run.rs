@@ -28,7 +28,8 @@ pub fn main(plugins: Vec<Arc<dyn Plugin>>) {
         eprintln!("shellac: no configuration given; run `shellac -c conf/shellac.yaml`");
         exit(2);
     };
-    let config = match Config::load(&path) {
+    // Everything start-up would refuse, refused here, before anything binds (and by -t).
+    let config = match Config::load(&path).and_then(|c| crate::rules::Rules::of(&c).map(|_| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shellac: {path}: {e}");

@@ -7,6 +7,7 @@
 
 mod cache;
 mod mirror;
+pub mod rules;
 pub(crate) mod values;
 
 pub use cache::{Cache, Memcached, Memory, MAX_CHUNKS};
@@ -44,7 +45,7 @@ pub struct Config {
     pub mirror_limits: MirrorLimits,
     /// Evaluated in order on every request; see docs/rules.md.
     #[serde(default)]
-    pub rules: Vec<crate::rules::config::RuleConf>,
+    pub rules: Vec<rules::RuleConf>,
 }
 
 /// Bounds on what one client or one origin can make Shellac read or hold.
@@ -387,10 +388,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = serde_yaml::from_str(text).or_else(|e| {
             // serde_yaml already prefixes the key path ("upstreams.app.backends[1]: …").
-            err(
-                "",
-                crate::rules::config::with_rule_name(text, e.to_string()),
-            )
+            err("", rules::with_rule_name(text, e.to_string()))
         })?;
         config.validate()?;
         Ok(config)
@@ -533,15 +531,7 @@ impl Config {
                 mirror::validate_route(&p, m, &r.upstream, |n| self.upstreams.contains_key(n))?;
             }
         }
-        mirror::validate_limits(&self.mirror_limits)?;
-        self.compile_rules().map(drop)
-    }
-
-    /// The rules compiled against this file's route and upstream names.
-    pub fn compile_rules(&self) -> Result<crate::rules::Rules, ConfigError> {
-        let routes = self.routes.iter().map(Route::label).collect();
-        let upstreams = self.upstreams.keys().cloned().collect();
-        crate::rules::Rules::compile(&self.rules, routes, upstreams)
+        mirror::validate_limits(&self.mirror_limits)
     }
 }
 

@@ -9,7 +9,7 @@ use pingora::http::RequestHeader;
 use regex::Regex;
 use std::net::IpAddr;
 
-use super::config::MatchConf;
+use crate::config::rules::MatchConf;
 
 /// A glob: `*` (within a path segment for path globs, anything for values), `**` (across
 /// segments), `?` (one character). `*` alone as a value means "present, any value".

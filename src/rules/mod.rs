@@ -1,6 +1,6 @@
 //! Programmable caching: the `rules:` of the config file and Rust [`Plugin`]s, one mechanism.
 //!
-//! - [`config`]: the YAML shape (typed, `deny_unknown_fields`).
+//! - [`crate::config::rules`]: the YAML shape (typed, `deny_unknown_fields`), owned by `config`.
 //! - [`matcher`]: match blocks and globs, compiled once at load.
 //! - [`rule`]: a YAML rule compiled into a [`Plugin`].
 //! - [`plugin`]: the extension trait and what each phase may see and do.
@@ -10,7 +10,6 @@
 //! the per-request [`Decisions`]. With no plugin for a phase, the phase costs one empty loop;
 //! a plugin that does not match allocates nothing.
 
-pub mod config;
 pub mod key;
 pub mod matcher;
 pub mod plugin;
@@ -53,7 +52,7 @@ pub struct Rules {
 impl Rules {
     /// Compiles the config's rules; `routes` and `upstreams` are the names by index.
     pub fn compile(
-        conf: &[config::RuleConf],
+        conf: &[crate::config::rules::RuleConf],
         routes: Vec<String>,
         upstreams: Vec<String>,
     ) -> Result<Rules, ConfigError> {
@@ -92,6 +91,18 @@ impl Rules {
         };
         rules.extend(plugins);
         Ok(rules)
+    }
+
+    /// The rules of `config`, compiled against its route and upstream names. `-t` and start-up
+    /// both call this, so a rule that passes `-t` compiles at start.
+    pub fn of(config: &crate::config::Config) -> Result<Rules, ConfigError> {
+        let routes = config
+            .routes
+            .iter()
+            .map(crate::config::Route::label)
+            .collect();
+        let upstreams = config.upstreams.keys().cloned().collect();
+        Rules::compile(&config.rules, routes, upstreams)
     }
 
     /// Appends Rust plugins after the config's rules.

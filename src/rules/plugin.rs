@@ -1,7 +1,7 @@
 //! The extension trait: what a YAML rule can do, a Rust [`Plugin`] can do too, plus anything
 //! async on the request (call an auth service, read a body). YAML rules are plugins of this
 //! trait; both run through one list, in order: the rules of the file, then the plugins given
-//! to [`crate::app::build_with`].
+//! to `app::build_with`.
 //!
 //! Phases, as Varnish's `vcl_recv`/`vcl_hash`, `vcl_backend_response` and `vcl_deliver`:
 //! - [`Plugin::request`]: before the upstream is chosen and before the cache lookup. Headers
@@ -28,10 +28,10 @@
 //! }
 //! ```
 
-pub use super::config::CacheMode;
 use super::key::KeySpec;
 use super::matcher::Facts;
 use crate::cache::policy::StaleDefaults;
+pub use crate::config::rules::CacheMode;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};

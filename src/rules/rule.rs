@@ -1,10 +1,10 @@
 //! One YAML rule, compiled: its match block and its actions, as a [`Plugin`]. Compilation
 //! checks everything `-t` promises and names the rule and key path in each error.
 
-use super::config::{CacheMode, KeyConf, OriginConf, QueryConf, RequestConf, RuleConf};
 use super::key::{KeySpec, QueryKey};
 use super::matcher::{Glob, Match};
 use super::plugin::{DeliverCx, Names, OriginCx, Phases, Plugin, RequestCx, Synthetic, Verdict};
+use crate::config::rules::{CacheMode, KeyConf, OriginConf, QueryConf, RequestConf, RuleConf};
 use crate::config::{err, ConfigError};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};

@@ -1,10 +1,10 @@
 //! The YAML shape of `rules:`, parsed into typed values (every struct `deny_unknown_fields`).
-//! Globs and regexes stay text here and are compiled by [`super::compile`], which names the
-//! rule and the key path in its errors; serde's own errors get the rule's name added by
+//! Globs and regexes stay text here and are compiled by `rules::Rules::compile` (which names the
+//! rule and the key path in its errors); serde's own errors get the rule's name added by
 //! [`with_rule_name`].
 
-use crate::config::values;
-use crate::config::Cidr;
+use super::values;
+use super::Cidr;
 use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
