@@ -32,6 +32,7 @@ impl ServeHttp for Admin {
                 }
             }
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => crate::readiness::readyz(),
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",

@@ -3,7 +3,10 @@
 //! # Layout, along the request path
 //! - [`config`]: the YAML file, parsed into typed values and validated before anything binds.
 //! - [`app`]: wiring: builds the Pingora server, listeners, upstream groups and admin service.
-//! - [`conn`]: accept side: open connections, per-IP cap, whole-request-header deadline.
+//! - [`conn`]: accept side: PROXY protocol, open connections, per-IP cap, whole-request-header
+//!   deadline.
+//! - [`client`]: who the client is (PROXY source, trusted proxies' X-Forwarded-For), for every
+//!   module that asks.
 //! - [`proxy`]: the `ProxyHttp` hooks; each is a few lines calling the module that owns it.
 //! - [`route`]: host and path prefix → upstream group.
 //! - [`upstream`]: backend selection, health checks, connection settings.
@@ -11,7 +14,7 @@
 //! - [`limits`]: request and response bounds (414/431/413/502), range caps.
 //! - [`mirror`]: forks sampled requests to a staging upstream and compares its answers.
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
-//! - [`admin`]: `/metrics` and `/healthz` on the admin listener.
+//! - [`admin`]: `/metrics` and `/healthz` on the admin listener; [`readiness`]: `/readyz`.
 //! - [`metrics`]: every metric, declared in one place.
 //! - [`access_log`], [`request_id`]: one log line per request, and the id that ties logs together.
 //! - [`reload`]: `shellac reload`, signals, zero-downtime hand-over to a new process.
@@ -22,6 +25,7 @@ pub mod admin;
 pub mod app;
 pub mod authority;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod forward;
@@ -31,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
+pub mod readiness;
 pub mod reload;
 pub mod request_id;
 pub mod route;

@@ -4,6 +4,7 @@
 use crate::access_log;
 use crate::authority::Authority;
 use crate::cache::{Cache, CacheCtx};
+use crate::client::Clients;
 use crate::config::Limits;
 use crate::forward;
 use crate::limits;
@@ -22,7 +23,8 @@ use pingora::prelude::*;
 use pingora::proxy::{range_header_filter, ProxyHttp, RangeType, Session};
 use pingora::ErrorType;
 use prometheus::{Histogram, IntCounter};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Proxy {
@@ -33,6 +35,7 @@ pub struct Proxy {
     cache: Cache,
     limits: Limits,
     mirror: Mirror,
+    clients: Arc<Clients>,
 }
 
 struct RouteStats {
@@ -54,6 +57,8 @@ impl RouteStats {
 /// Per-request state.
 pub struct Ctx {
     started: Instant,
+    /// The real client ([`crate::client`]), set first thing in `request_filter`.
+    client: Option<IpAddr>,
     route: Option<usize>,
     /// The backend of the current attempt and when it was chosen.
     backend: Option<(Backend, Instant)>,
@@ -73,7 +78,13 @@ pub struct Ctx {
 }
 
 impl Proxy {
-    pub fn new(router: Router, groups: Vec<Group>, cache: Cache, limits: Limits) -> Proxy {
+    pub fn new(
+        router: Router,
+        groups: Vec<Group>,
+        cache: Cache,
+        limits: Limits,
+        clients: Arc<Clients>,
+    ) -> Proxy {
         let mut route_stats: Vec<RouteStats> =
             router.iter().map(|r| RouteStats::new(&r.name)).collect();
         route_stats.push(RouteStats::new("none"));
@@ -84,6 +95,7 @@ impl Proxy {
             cache,
             limits,
             mirror: Mirror::off(),
+            clients,
         }
     }
 
@@ -126,6 +138,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            client: None,
             route: None,
             backend: None,
             failed: Vec::new(),
@@ -140,6 +153,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        forward::strip_internal(session.req_header_mut());
+        ctx.client = self.clients.resolve(session);
         ctx.request_id = request_id::for_request(session.req_header());
         if let Some(code) = limits::check_request(session.req_header(), &self.limits) {
             return refuse(session, code).await;
@@ -157,7 +172,7 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         if session.req_header().method.as_str() == "PURGE" {
-            self.cache.purge(session).await?;
+            self.cache.purge(session, ctx.client).await?;
             return Ok(true);
         }
         if let Some(route) = ctx.route {
@@ -297,12 +312,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.cache.request_sent(&mut ctx.cache);
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         request_id::forward(req, &ctx.request_id)?;
-        forward::upstream_request(req, client)
+        forward::upstream_request(req, crate::client::hop(session))
     }
 
     async fn upstream_response_filter(
@@ -380,6 +391,8 @@ impl ProxyHttp for Proxy {
             }
         }
         let facts = access_log::Facts {
+            // Requests refused before `request_filter` (unparsable) log the connection source.
+            client: ctx.client.or_else(|| crate::client::hop(session)),
             status,
             started: ctx.started,
             upstream: ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()),

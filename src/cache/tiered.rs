@@ -125,6 +125,12 @@ impl Tiered {
 
     /// Removes `key` and its variants from every tier and, through the purge marker, from every
     /// other node's L1 within `purge_check`. `Err` when the shared tier could not be told.
+    /// Removes every variant from this node's memory only; other nodes and memcached keep
+    /// theirs.
+    pub fn purge_local(&self, key: &CacheKey) -> bool {
+        self.l1.is_some_and(|l1| l1.purge_all(&key.to_compact()))
+    }
+
     pub async fn purge_all(&'static self, key: &CacheKey) -> std::result::Result<bool, String> {
         let compact = key.to_compact();
         let mut found = self.l1.is_some_and(|l1| l1.purge_all(&compact));
