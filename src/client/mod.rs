@@ -38,14 +38,14 @@ impl Clients {
             return Some(source);
         }
         let chain = session.req_header().headers.get_all("x-forwarded-for");
-        Some(self.from_chain(source, chain.iter().map(|v| v.as_bytes())))
+        Some(self.walk_chain(source, chain.iter().map(|v| v.as_bytes())))
     }
 
     /// Walks `X-Forwarded-For` (all fields, in order) from the right, starting at a trusted
     /// `source`: each trusted address vouches for the one to its left. Stops at the first
     /// untrusted entry (the client); an entry that is not an address ends the walk at the last
     /// address that was vouched for, and so does a chain made only of trusted proxies.
-    fn from_chain<'a>(&self, source: IpAddr, fields: impl Iterator<Item = &'a [u8]>) -> IpAddr {
+    fn walk_chain<'a>(&self, source: IpAddr, fields: impl Iterator<Item = &'a [u8]>) -> IpAddr {
         let entries: Vec<&[u8]> = fields
             .flat_map(|v| v.split(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn rightmost_untrusted_entry_wins() {
         let c = clients(&["10.0.0.0/8", "127.0.0.1"]);
-        let walk = |xff: &[&str]| c.from_chain(ip("127.0.0.1"), xff.iter().map(|s| s.as_bytes()));
+        let walk = |xff: &[&str]| c.walk_chain(ip("127.0.0.1"), xff.iter().map(|s| s.as_bytes()));
         assert_eq!(walk(&["203.0.113.9"]), ip("203.0.113.9"));
         // A client-written entry to the left of the real one is not believed.
         assert_eq!(walk(&["6.6.6.6, 203.0.113.9, 10.1.1.1"]), ip("203.0.113.9"));
