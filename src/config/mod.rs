@@ -591,6 +591,48 @@ routes:
     }
 
     #[test]
+    fn load_balancer_keys() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.limits.max_connections_per_ip, 0, "no cap by default");
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.cache.invalidate_on, ["POST", "PUT", "DELETE", "PATCH"]);
+        assert_eq!(c.routes[0].client_cache_control, ClientCacheControl::Ignore);
+        let c = Config::parse(&format!(
+            "{}trusted_proxies: [10.0.0.0/8]\n",
+            GOOD.replace(
+                "listen: [\"127.0.0.1:8080\"]",
+                "listen: [{addr: \"127.0.0.1:8080\", proxy_protocol: true}, \"127.0.0.1:8081\"]"
+            )
+        ))
+        .unwrap();
+        assert!(c.listen[0].proxy_protocol && !c.listen[1].proxy_protocol);
+        assert_eq!(c.trusted_proxies.len(), 1);
+        let e = error_of(&format!("{GOOD}cache: {{invalidate_on: [post]}}\n"));
+        assert!(
+            e.contains("cache.invalidate_on[0]") && e.contains("\"POST\""),
+            "{e}"
+        );
+        let e = error_of(&format!("{GOOD}cache: {{invalidate_on: [GET]}}\n"));
+        assert!(e.contains("safe method"), "{e}");
+        let e = error_of(&GOOD.replace(
+            "admin: {listen: \"127.0.0.1:9091\"}",
+            "admin: {listen: \"127.0.0.1:9091\", purge_token_file: /nonexistent/token}",
+        ));
+        assert!(
+            e.contains("admin.purge_token_file") && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace(
+            "upstream: app}",
+            "upstream: app, client_cache_control: always}",
+        ));
+        assert!(
+            e.contains("client_cache_control") && e.contains("honor"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn cross_key_rules() {
         let e = error_of(&GOOD.replace(
             "[\"127.0.0.1:9001\", {addr: \"127.0.0.1:9002\", weight: 2}]",
