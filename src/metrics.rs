@@ -204,7 +204,7 @@ pub static CACHE_NOT_STORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static CACHE_PURGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "shellac_cache_purges_total",
-        "PURGE requests and unsafe-method invalidations, by result: purged, not_found, forbidden (address not in admin.purge_allow, no token), bad_token (wrong Authorization bearer token), failed, invalidated, and local_only (an invalidation over cache.memcached.invalidations_per_second: removed from this node's memory only, not written to memcached)",
+        "PURGE requests and unsafe-method invalidations, by result: purged, not_found, forbidden (address not in admin.purge_allow, no token), bad_token (wrong Authorization bearer token), failed, invalidated, and marker_dropped (an invalidation over cache.memcached.invalidations_per_second: removed from this node and memcached, but no purge marker written, so other nodes keep their memory copies until they expire)",
         &["result"]
     )
     .unwrap()

@@ -6,9 +6,11 @@
 //! address with `Authorization: Bearer <admin.purge_token_file's secret>`. The method is
 //! matched exactly (`purge` is another, unknown method, and is forwarded).
 //!
-//! Invalidation is for `cache.invalidate_on` methods only, and its writes to memcached are
-//! bounded per node by a token bucket (`cache.memcached.invalidations_per_second`): anyone can
-//! send POSTs, and each would otherwise write a fleet-wide marker.
+//! Invalidation is for `cache.invalidate_on` methods only, and the purge markers it writes to
+//! memcached are bounded per node by a token bucket (`cache.memcached.invalidations_per_second`):
+//! anyone can send POSTs, and each would otherwise add a fleet-wide marker item. Over the rate
+//! the object is still removed from this node's memory and from memcached (a delete adds
+//! nothing), but other nodes are not told and keep their memory copies until they expire.
 
 use super::policy::invalidate::{invalidates, same_origin_path};
 use super::tiered::Tiered;
@@ -56,7 +58,7 @@ impl Purger {
         } else {
             match self
                 .storage
-                .purge_all(&key::for_request(session.req_header()))
+                .purge_all(&key::for_request(session.req_header()), true)
                 .await
             {
                 Ok(true) => (200, "purged"),
@@ -124,13 +126,13 @@ impl Purger {
 
     async fn invalidate(&self, authority: &Authority<'_>, path: &[u8]) -> u64 {
         let key = key::of(authority, path);
-        if self.fleet_budget.as_ref().is_some_and(|b| !b.take()) {
+        let mark = self.fleet_budget.as_ref().is_none_or(Bucket::take);
+        if !mark {
             metrics::CACHE_PURGES
-                .with_label_values(&["local_only"])
+                .with_label_values(&["marker_dropped"])
                 .inc();
-            return self.storage.purge_local(&key) as u64;
         }
-        match self.storage.purge_all(&key).await {
+        match self.storage.purge_all(&key, mark).await {
             Ok(found) => found as u64,
             Err(e) => {
                 log::warn!("invalidation did not reach the shared tier: {e}");

@@ -115,9 +115,10 @@ pub struct Memcached {
     /// Chunk writes in flight per object being stored.
     #[serde(default = "four")]
     pub write_concurrency: usize,
-    /// Invalidations by unsafe methods (§4.4) this node writes to memcached per second (a token
-    /// bucket holding one second's worth). Beyond it only this node's memory copy is removed,
-    /// so a flood of POSTs cannot churn the shared tier. PURGE is not limited.
+    /// Purge markers for invalidations by unsafe methods (§4.4) this node writes to memcached
+    /// per second (a token bucket holding one second's worth). Beyond it the object is removed
+    /// from this node and memcached but other nodes are not told, so a flood of POSTs cannot
+    /// fill the shared tier with markers. PURGE is not limited.
     #[serde(default = "hundred")]
     pub invalidations_per_second: u32,
 }
