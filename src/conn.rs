@@ -134,6 +134,8 @@ impl<A> Counted<A> {
                 Ok((source, rest)) => {
                     prefix = rest;
                     if let Some(source) = source {
+                        // A fresh digest of the same socket (an l4 stream's id is its fd): the
+                        // local address and TCP info stay the socket's, the peer is the client.
                         let d = SocketDigest::from_raw_fd(stream.id());
                         let _ = d.peer_addr.set(Some(
                             pingora::protocols::l4::socket::SocketAddr::Inet(source),
@@ -142,14 +144,9 @@ impl<A> Counted<A> {
                     }
                 }
                 Err(e) => {
-                    let reason = match e.reason() {
-                        "invalid" => "proxy_protocol_invalid",
-                        "timeout" => "proxy_protocol_timeout",
-                        _ => "proxy_protocol_closed",
-                    };
                     log::debug!("connection without a PROXY header closed: {e:?}");
                     metrics::CONNECTIONS_REFUSED
-                        .with_label_values(&[reason])
+                        .with_label_values(&[e.reason()])
                         .inc();
                     return None;
                 }

@@ -152,12 +152,12 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    /// The metric label.
+    /// The `reason` label of `shellac_connections_refused_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            ReadError::Invalid(_) => "invalid",
-            ReadError::TimedOut => "timeout",
-            ReadError::Io(_) => "closed",
+            ReadError::Invalid(_) => "proxy_protocol_invalid",
+            ReadError::TimedOut => "proxy_protocol_timeout",
+            ReadError::Io(_) => "proxy_protocol_closed",
         }
     }
 }
