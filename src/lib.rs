@@ -8,27 +8,33 @@
 //! - [`client`]: who the client is (PROXY source, trusted proxies' X-Forwarded-For), for every
 //!   module that asks.
 //! - [`proxy`]: the `ProxyHttp` hooks; each is a few lines calling the module that owns it.
-//! - [`route`]: host and path prefix → upstream group.
+//! - [`authority`]: the request's host and port: one parser, one validator, one normal form.
+//! - [`route`]: host and path prefix → upstream group and cache rule.
 //! - [`upstream`]: backend selection, health checks, connection settings.
-//! - [`cache`]: RFC 9111 policy, cache keys, the memory store, Cache-Status and purge.
+//! - [`cache`]: RFC 9111 policy, cache keys, `Cache-Status`, purge, and the two tiers: the
+//!   memory store and [`cache::memcached`], the fleet-shared L2, coordinated by [`cache::fleet`].
 //! - [`limits`]: request and response bounds (414/431/413/502), range caps.
 //! - [`mirror`]: forks sampled requests to a staging upstream and compares its answers.
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
-//! - [`admin`]: `/metrics` and `/healthz` on the admin listener; [`readiness`]: `/readyz`.
+//! - [`admin`]: `/metrics`, `/healthz`, `/status.json` and the status page on the admin listener;
+//!   [`readiness`]: `/readyz`.
+//! - [`cli`]: `shellac stat` and the other tools that talk to a running instance.
 //! - [`metrics`]: every metric, declared in one place.
 //! - [`access_log`], [`request_id`]: one log line per request, and the id that ties logs together.
 //! - [`reload`]: `shellac reload`, signals, zero-downtime hand-over to a new process.
-//! - [`cache`]: cache storage; [`cache::memcached`] is the fleet-shared L2 in memcached.
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod authority;
 pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod forward;
+/// Fuzz harnesses: test support, compiled only for tests and the `fuzz/` crate.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;

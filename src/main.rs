@@ -1,6 +1,7 @@
 //! `shellac -c FILE` runs the proxy; `-t` checks the config; `-d` daemonizes; `-u` takes over
 //! the listeners of a running instance. These are Pingora's own flags (`shellac --help`).
 //! `shellac reload -c FILE [-d]` validates FILE and replaces the running instance (see `reload`).
+//! `shellac stat` and the other tools in `cli` talk to a running instance.
 
 use pingora::server::configuration::Opt;
 use shellac::config::Config;
@@ -9,7 +10,7 @@ use std::process::exit;
 
 // glibc malloc took about a tenth of the CPU on cache hits (many small, short-lived header and
 // buffer allocations, freed on other worker threads); with mimalloc's per-thread free lists a
-// hit costs about 7% less CPU (see README, "Performance").
+// hit costs about 7% less CPU (see docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -17,6 +18,9 @@ fn main() {
     reload::ignore_sighup();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut args: Vec<String> = std::env::args().collect();
+    if let Some(code) = shellac::cli::dispatch(&args) {
+        exit(code);
+    }
     let reloading = args.get(1).is_some_and(|a| a == reload::SUBCOMMAND);
     if reloading {
         args.remove(1);

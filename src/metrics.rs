@@ -154,8 +154,8 @@ pub fn init() {
 pub static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "shellac_cache_lookups_total",
-        "Requests on caching routes by outcome: hit, coalesced (hit after waiting for another request's fetch), stale (served stale), revalidated (304 from origin), miss, pass (not looked up)",
-        &["result"]
+        "Requests on caching routes by outcome (hit, coalesced: hit after waiting for another request's fetch, stale: served stale, revalidated: 304 from origin, miss, pass: not looked up) and by the tier that answered (memory, memcached; none for miss and pass)",
+        &["result", "tier"]
     )
     .unwrap()
 });

@@ -127,8 +127,15 @@ async fn refuse(session: &mut Session, code: u16) -> Result<bool> {
     Ok(true)
 }
 
+/// Every backend is down or refused: to the cache this is an unreachable origin, for which a
+/// stale copy may stand in (`cache.stale_on_disconnect`); the client gets a 502.
 fn no_backend() -> Box<Error> {
-    Error::explain(ErrorType::HTTPStatus(502), "no healthy backend left to try")
+    Error::create(
+        ErrorType::ConnectNoRoute,
+        pingora::ErrorSource::Upstream,
+        Some("no healthy backend left to try".into()),
+        None,
+    )
 }
 
 #[async_trait]
@@ -244,11 +251,20 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         meta: &CacheMeta,
-        _hit: &mut HitHandler,
+        hit: &mut HitHandler,
         _is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(self.cache.on_hit(session, meta, &mut ctx.cache))
+        Ok(self.cache.on_hit(session, meta, hit, &mut ctx.cache))
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<bool> {
+        Ok(self.cache.not_modified(session.req_header(), resp))
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -264,9 +280,8 @@ impl ProxyHttp for Proxy {
         Ok(self.cache.decide(session, resp, &mut ctx.cache))
     }
 
-    fn should_serve_stale(&self, _s: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
-        // The stored windows decide how long; the policy decides which failures count.
-        crate::cache::policy::stale::error_may_serve_stale(error)
+    fn should_serve_stale(&self, s: &mut Session, ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        self.cache.may_serve_stale(s, &mut ctx.cache, error)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -205,8 +205,10 @@ fn health_check(upstream: &str, hc: &config::HealthCheck) -> Box<dyn HealthCheck
             c.consecutive_success = hc.successes;
             c.peer_template.options.connection_timeout = Some(hc.timeout);
             c.peer_template.options.read_timeout = Some(hc.timeout);
-            let path = hc.path.as_deref().unwrap_or("/");
-            c.req.set_uri(path.parse().expect("validated path"));
+            // Validation parsed it already; a failure here would be a bug, not a bad config.
+            if let Ok(uri) = hc.path.parse() {
+                c.req.set_uri(uri);
+            }
             c.validator = Some(Box::new(|resp| {
                 if resp.status.is_success() {
                     Ok(())

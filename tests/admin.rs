@@ -23,7 +23,20 @@ async fn metrics_describe_traffic_and_backends() {
     let mut idle = Client::connect(shellac.addr).await.unwrap();
     idle.request("GET", "/ok", &[], b"").await.unwrap();
 
-    let text = shellac.metrics().await;
+    // The logging hook counts a request just after its response is written: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let text = loop {
+        let text = shellac.metrics().await;
+        let done = common::sum_metric(
+            &text,
+            "shellac_requests_total",
+            &[("route", "*/"), ("status_class", "2xx")],
+        );
+        if done >= 4.0 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     let m = |name, labels: &[(&str, &str)]| common::sum_metric(&text, name, labels);
     assert_eq!(
         m(

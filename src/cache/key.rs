@@ -1,6 +1,6 @@
 //! The cache key: scheme, normalized host and the path and query exactly as received.
 //!
-//! Host normalization (documented in the README): lower case, a trailing dot dropped, the
+//! Host normalization (documented in docs/caching.md): lower case, a trailing dot dropped, the
 //! default port (80) dropped. The path is never decoded or rewritten, so the key path is
 //! byte-identical to the path forwarded to the origin, and two spellings an origin might treat
 //! as one (`%2F` vs `/`) stay two entries rather than one entry some other URL can poison.

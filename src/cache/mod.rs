@@ -28,6 +28,7 @@ use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason,
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
+use policy::stale::{self as stale_policy, StaleReason};
 use policy::{Heuristic, Refusal, StaleDefaults, Timing};
 use status::{Facts, Served};
 use std::time::{Duration, SystemTime};
@@ -52,6 +53,8 @@ impl CacheRule {
             stale: StaleDefaults {
                 while_revalidate: secs(r.stale_while_revalidate),
                 if_error: secs(r.stale_if_error),
+                // Cache-wide; `Cache::enable` fills it in.
+                on_disconnect: 0,
             },
             client_cache_control: r.client_cache_control,
         }
@@ -72,6 +75,10 @@ pub struct CacheCtx {
     /// The client's directives forced validation (§5.2.1).
     forced: bool,
     had_stale: bool,
+    /// Why a stale copy stood in for the origin's answer.
+    stale_reason: Option<StaleReason>,
+    /// The tier that answered the lookup (`memory`, `memcached`), for the lookup metric.
+    tier: Option<&'static str>,
     /// The response body comes from the cache (counted as served bytes).
     pub from_cache: bool,
 }
@@ -88,6 +95,12 @@ pub struct Cache {
     lock_timeout: Duration,
     max_object: usize,
     heuristic: Heuristic,
+    /// RFC 9213 targeted fields, in order of precedence.
+    targeted: Vec<http::HeaderName>,
+    forward_targeted: bool,
+    /// `cache.stale_on_disconnect`, whole seconds.
+    on_disconnect: u32,
+    vary_normalize: Vec<http::HeaderName>,
     purger: purge::Purger,
 }
 
@@ -129,6 +142,10 @@ impl Cache {
                 fraction: conf.heuristic_fraction,
                 max: conf.heuristic_max,
             },
+            targeted: conf.targeted_fields.clone(),
+            forward_targeted: conf.forward_targeted_fields,
+            on_disconnect: conf.stale_on_disconnect.as_secs().min(u32::MAX as u64) as u32,
+            vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
                 allow: admin.purge_allow.clone(),
@@ -149,6 +166,7 @@ impl Cache {
     /// `request_cache_filter`: turn caching on for GET and HEAD on caching routes.
     pub fn enable(&self, session: &mut Session, rule: &CacheRule, cx: &mut CacheCtx) {
         cx.rule = *rule;
+        cx.rule.stale.on_disconnect = self.on_disconnect;
         if !rule.enabled || !matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
             return;
         }
@@ -170,7 +188,7 @@ impl Cache {
     }
 
     pub fn vary(&self, meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-        vary::variance(meta.headers(), req)
+        vary::variance(meta.headers(), req, &self.vary_normalize)
     }
 
     /// `upstream_request_filter`: when the request left for the origin (§4.2.3).
@@ -250,7 +268,8 @@ impl Cache {
             }
             None => resp,
         };
-        match policy::storable(session.req_header(), resp, t, self.heuristic, cx.rule.stale) {
+        let req = session.req_header();
+        match policy::storable(req, resp, t, self.heuristic, cx.rule.stale, &self.targeted) {
             Ok(meta) => {
                 cx.stored = true;
                 RespCacheable::Cacheable(meta)
@@ -274,19 +293,27 @@ impl Cache {
         &self,
         session: &Session,
         meta: &CacheMeta,
+        hit: &pingora::cache::HitHandler,
         cx: &mut CacheCtx,
     ) -> Option<pingora::cache::ForcedFreshness> {
+        cx.tier = Some(self.storage.tier_of(hit));
         // With `honor`, a request that waited on another's revalidation (the cache lock) is
         // answered by its result: forcing again would send each waiter to the origin in turn.
         let honor = cx.rule.client_cache_control == config::ClientCacheControl::Honor
             && session.cache.lock_duration().is_none();
-        let forced = policy::on_hit(session.req_header(), meta, SystemTime::now(), honor);
+        let forced = policy::on_hit(
+            session.req_header(),
+            meta,
+            SystemTime::now(),
+            honor,
+            &self.targeted,
+        );
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
         forced
     }
 
     /// `response_filter`: `Age` on responses served from storage, `Cache-Status` on every
-    /// response of a caching route, and the lookup metric.
+    /// response of a caching route, and the lookup metric (by result and answering tier).
     pub fn respond(
         &self,
         session: &Session,
@@ -294,12 +321,18 @@ impl Cache {
         cx: &mut CacheCtx,
         upstream_status: u16,
     ) -> Result<&'static str> {
+        if !self.forward_targeted {
+            // RFC 9213 fields speak to caches; this one has read them.
+            for name in &self.targeted {
+                resp.remove_header(name);
+            }
+        }
         if !cx.enabled {
             let (value, lookup) = status::uncached(cx.rule.enabled);
             resp.insert_header("cache-status", value)?;
             let Some(lookup) = lookup else { return Ok("-") };
             metrics::CACHE_LOOKUPS
-                .with_label_values(&[lookup.label()])
+                .with_label_values(&[lookup.label(), "none"])
                 .inc();
             return Ok(lookup.label());
         }
@@ -309,7 +342,9 @@ impl Cache {
                 coalesced: session.cache.lock_duration().is_some(),
             },
             CachePhase::StaleUpdating => Served::StaleWhileRevalidate,
-            CachePhase::Stale => Served::StaleIfError,
+            CachePhase::Stale => {
+                Served::StaleOnError(cx.stale_reason.unwrap_or(StaleReason::IfError))
+            }
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Served::Revalidated,
             _ => Served::Origin {
                 bypass: matches!(phase, CachePhase::Bypass),
@@ -337,11 +372,45 @@ impl Cache {
             },
         };
         let (value, lookup) = status::cache_status(&facts);
+        // Misses and passes were answered by no tier.
+        let tier = cx.tier.filter(|_| cx.from_cache).unwrap_or("none");
         metrics::CACHE_LOOKUPS
-            .with_label_values(&[lookup.label()])
+            .with_label_values(&[lookup.label(), tier])
             .inc();
         resp.insert_header("cache-status", value)?;
         Ok(lookup.label())
+    }
+
+    /// `should_serve_stale`: whether a stored stale copy may answer for this failure (§4.2.4,
+    /// RFC 5861). Without an error (stale-while-revalidate) the stored window decides alone.
+    pub fn may_serve_stale(
+        &self,
+        session: &Session,
+        cx: &mut CacheCtx,
+        error: Option<&pingora::Error>,
+    ) -> bool {
+        let Some(error) = error else { return true };
+        let Some(meta) = session.cache.maybe_cache_meta() else {
+            return false;
+        };
+        let stale_for = SystemTime::now()
+            .duration_since(meta.fresh_until())
+            .map_or(0, |d| d.as_secs());
+        let cc = policy::targeted::response_cc(meta.response_header(), &self.targeted);
+        let (_, origin_if_error) = stale_policy::origin_windows(cc.as_ref(), cx.rule.stale);
+        cx.stale_reason = stale_policy::may_serve_stale(
+            stale_policy::classify(error),
+            stale_for,
+            origin_if_error,
+            cx.rule.stale.on_disconnect,
+        );
+        cx.stale_reason.is_some()
+    }
+
+    /// `cache_not_modified_filter`: whether the stored response answers the client's
+    /// conditional request with 304.
+    pub fn not_modified(&self, req: &RequestHeader, resp: &ResponseHeader) -> bool {
+        policy::conditional::not_modified(req, resp)
     }
 
     /// `request_filter` for the `PURGE` method, from the real `client`.

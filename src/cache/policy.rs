@@ -10,13 +10,16 @@
 //!   validator) or served stale (has a stale window); otherwise storing it could never help.
 //!
 //! Sub-modules: [`age`] (§4.2.3 arithmetic, saturating), [`stale`] (§4.2.4: when stale may be
-//! served), [`revalidate`] (§3.2: the 304 merge), [`invalidate`] (§4.4), [`refusal`] (why not).
+//! served), [`revalidate`] (§3.2: the 304 merge), [`invalidate`] (§4.4), [`refusal`] (why not),
+//! [`targeted`] (RFC 9213 `CDN-Cache-Control`), [`conditional`] (304s from storage).
 
 pub mod age;
+pub mod conditional;
 pub mod invalidate;
 pub mod refusal;
 pub mod revalidate;
 pub mod stale;
+pub mod targeted;
 
 pub use age::{current_age, ttl_secs};
 pub use refusal::Refusal;
@@ -38,6 +41,9 @@ pub struct Heuristic {
 pub struct StaleDefaults {
     pub while_revalidate: u32,
     pub if_error: u32,
+    /// How long a stale copy may stand in when the origin cannot be reached at all (§4.2.4);
+    /// never longer than the origin allows stale at all.
+    pub on_disconnect: u32,
 }
 
 /// When the request went to the origin and when its response header arrived (§4.2.3).
@@ -55,9 +61,11 @@ pub fn storable(
     t: Timing,
     heuristic: Heuristic,
     stale: StaleDefaults,
+    targeted_fields: &[http::HeaderName],
 ) -> Result<CacheMeta, Refusal> {
     storable_exchange(req, resp)?;
-    let cc = CacheControl::from_resp_headers(resp);
+    // RFC 9213: a valid targeted field replaces Cache-Control for everything below.
+    let cc = targeted::response_cc(resp, targeted_fields);
     let directives = Directives::of(cc.as_ref());
     permitted(req, resp, &directives)?;
     let date = header_date(resp, http::header::DATE).unwrap_or(t.response_received);
@@ -65,6 +73,7 @@ pub fn storable(
     let lifetime = match freshness_lifetime(resp, cc.as_ref(), date, directives.public, heuristic) {
         _ if directives.no_cache => Duration::ZERO,
         Some(l) => l,
+        None if resp.status.is_server_error() => return Err(Refusal::ServerError),
         None => return Err(Refusal::NoFreshness),
     };
     let (swr, sie) = stale::windows(cc.as_ref(), stale);
@@ -97,6 +106,7 @@ struct Directives {
     must_revalidate: bool,
     no_store: bool,
     private: bool,
+    must_understand: bool,
 }
 
 impl Directives {
@@ -110,6 +120,7 @@ impl Directives {
             must_revalidate: has(CacheControl::must_revalidate),
             no_store: has(CacheControl::no_store),
             private: has(CacheControl::private),
+            must_understand: cc.is_some_and(|c| c.has_key("must-understand")),
         }
     }
 }
@@ -132,7 +143,10 @@ fn permitted(req: &RequestHeader, resp: &ResponseHeader, d: &Directives) -> Resu
     if CacheControl::from_req_headers(req).is_some_and(|c| c.no_store()) {
         return Err(Refusal::RequestNoStore); // §5.2.1.5
     }
-    if d.no_store {
+    // §5.2.2.3: must-understand on a status whose caching rules we implement overrides
+    // no-store (an origin sends both so that older caches, which ignore it, do not store).
+    let understood = d.must_understand && understood_status(resp.status.as_u16());
+    if d.no_store && !understood {
         return Err(Refusal::NoStore); // §5.2.2.5
     }
     if d.private {
@@ -156,6 +170,14 @@ fn permitted(req: &RequestHeader, resp: &ResponseHeader, d: &Directives) -> Resu
         return Err(Refusal::VaryStar);
     }
     Ok(())
+}
+
+/// Statuses whose caching semantics this cache implements (RFC 9110 §15), for §5.2.2.3.
+fn understood_status(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    )
 }
 
 /// The header as stored: fields named by `private=`/`no-cache=` removed (§5.2.2.4, §5.2.2.7),
@@ -234,8 +256,38 @@ pub(crate) fn header_date(
     resp: &ResponseHeader,
     name: http::header::HeaderName,
 ) -> Option<SystemTime> {
-    let v = resp.headers.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(v.trim()).ok()
+    parse_http_date(resp.headers.get(name)?.to_str().ok()?)
+}
+
+/// An HTTP-date in any of the three formats of RFC 9110 §5.6.7 (IMF-fixdate, RFC 850,
+/// asctime), with day and month names in any case; the zone must be `GMT`.
+pub fn parse_http_date(v: &str) -> Option<SystemTime> {
+    let v = v.trim();
+    if let Ok(t) = httpdate::parse_http_date(v) {
+        return Some(t);
+    }
+    // Recipients parse names case-insensitively (§5.6.7); the parser wants `Sun`, `Nov`.
+    let mut canon = String::with_capacity(v.len());
+    let mut word_start = true;
+    for c in v.chars() {
+        if c.is_ascii_alphabetic() {
+            canon.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            canon.push(c);
+            word_start = true;
+        }
+    }
+    // The zone is a name too; asctime has none.
+    let canon = match canon.strip_suffix("Gmt") {
+        Some(s) => format!("{s}GMT"),
+        None => canon,
+    };
+    httpdate::parse_http_date(&canon).ok()
 }
 
 /// What the request's own directives (§5.2.1) do to a stored response: `ForceExpired` makes
@@ -249,6 +301,7 @@ pub fn on_hit(
     meta: &CacheMeta,
     now: SystemTime,
     honor_reload: bool,
+    targeted_fields: &[http::HeaderName],
 ) -> Option<ForcedFreshness> {
     let Some(cc) = CacheControl::from_req_headers(req) else {
         if !honor_reload {
@@ -279,7 +332,7 @@ pub fn on_hit(
     }
     if ttl < 0 && cc.has_key("max-stale") {
         // §5.2.1.2, unless the origin forbade serving it stale (§4.2.4).
-        let stored = CacheControl::from_resp_headers(meta.response_header());
+        let stored = targeted::response_cc(meta.response_header(), targeted_fields);
         let forbidden = stale::origin_forbids_stale(stored.as_ref());
         let within = match cc.parse_max_stale() {
             Ok(Some(limit)) => -ttl <= limit as i64,

@@ -56,6 +56,16 @@ impl Tiered {
         l1.max(l2)
     }
 
+    /// The tier a hit handler from [`Tiered::lookup`] reads from: an L2 hit is either
+    /// memcached's own handler (no L1) or wrapped for promotion into L1.
+    pub fn tier_of(&self, hit: &HitHandler) -> &'static str {
+        if self.l1.is_none() || hit.as_any().is::<Promote>() {
+            "memcached"
+        } else {
+            "memory"
+        }
+    }
+
     /// L1 then L2, without fleet coordination.
     async fn lookup_tiers(
         &'static self,

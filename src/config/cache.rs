@@ -26,8 +26,25 @@ pub struct Cache {
     /// Upper bound on heuristic freshness.
     #[serde(default = "secs::<86400>", deserialize_with = "values::duration")]
     pub heuristic_max: Duration,
+    /// RFC 9111 §4.2.4: how long past its freshness a stored response may answer when the
+    /// origin cannot be reached at all (connect failed, closed or reset before answering),
+    /// unless the origin forbade stale. Varnish's default grace; an origin 5xx is governed by
+    /// stale-if-error only.
+    #[serde(default = "secs::<10>", deserialize_with = "values::duration")]
+    pub stale_on_disconnect: Duration,
     /// The shared tier (L2); omit for memory only.
     pub memcached: Option<Memcached>,
+    /// RFC 9213 targeted fields, first present and valid wins over `Cache-Control` for this
+    /// cache's decisions. Put `shellac-cache-control` first for a field only Shellac obeys.
+    #[serde(default = "targeted", deserialize_with = "values::header_names")]
+    pub targeted_fields: Vec<http::HeaderName>,
+    /// Send targeted fields on to clients (they are for caches, so by default they stop here).
+    #[serde(default)]
+    pub forward_targeted_fields: bool,
+    /// Request fields whose list members are normalised (order, case, whitespace) before Vary
+    /// matching, so equivalent requests share a variant.
+    #[serde(default = "vary_normalize", deserialize_with = "values::header_names")]
+    pub vary_normalize: Vec<http::HeaderName>,
     /// Methods whose successful responses invalidate the stored target URI (RFC 9111 §4.4).
     /// Exact, case-sensitive names (RFC 9110 §9.1): `post` or an unknown extension method
     /// invalidates nothing unless listed.
@@ -275,6 +292,12 @@ fn hundred() -> u32 {
 }
 fn four() -> usize {
     4
+}
+fn targeted() -> Vec<http::HeaderName> {
+    vec![http::HeaderName::from_static("cdn-cache-control")]
+}
+fn vary_normalize() -> Vec<http::HeaderName> {
+    vec![http::header::ACCEPT_ENCODING, http::header::ACCEPT_LANGUAGE]
 }
 fn namespace() -> String {
     "shellac1".into()

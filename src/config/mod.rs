@@ -27,7 +27,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Pingora's `ServerConf` (threads, pid_file, upgrade_sock, grace periods…), passed through.
-    #[serde(default = "default_pingora")]
+    #[serde(default = "default_pingora", deserialize_with = "pingora_conf")]
     pub pingora: ServerConf,
     /// Public HTTP listeners, plain or PROXY protocol.
     pub listen: Vec<Listener>,
@@ -103,7 +103,28 @@ fn sixteen() -> usize {
 }
 
 fn default_pingora() -> ServerConf {
-    ServerConf::default()
+    with_shellac_defaults(ServerConf::default(), false, false)
+}
+
+/// Pingora's `ServerConf`, with Shellac's defaults where the file leaves a key out: one worker
+/// thread per CPU (Pingora's own default is 1) and an upstream pool of 1024 idle connections
+/// (Pingora's 128 makes a busy node reconnect to its origins under 1000 clients).
+fn pingora_conf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ServerConf, D::Error> {
+    let v = serde_yaml::Value::deserialize(d)?;
+    let has = |k: &str| v.get(k).is_some();
+    let (threads, pool) = (has("threads"), has("upstream_keepalive_pool_size"));
+    let conf: ServerConf = serde_yaml::from_value(v).map_err(serde::de::Error::custom)?;
+    Ok(with_shellac_defaults(conf, threads, pool))
+}
+
+fn with_shellac_defaults(mut c: ServerConf, threads_set: bool, pool_set: bool) -> ServerConf {
+    if !threads_set {
+        c.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    if !pool_set {
+        c.upstream_keepalive_pool_size = 1024;
+    }
+    c
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,8 +282,9 @@ pub enum Selection {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub kind: CheckKind,
-    /// Requested path for `kind: http`; any 2xx passes.
-    pub path: Option<String>,
+    /// Requested path for `kind: http`; any 2xx passes. A `tcp` check ignores it.
+    #[serde(default = "slash")]
+    pub path: String,
     /// Host header for `kind: http`.
     #[serde(default = "localhost")]
     pub host: String,
@@ -420,17 +442,13 @@ impl Config {
             }
             if let Some(hc) = &u.health_check {
                 let hp = format!("{p}.health_check");
-                match (hc.kind, &hc.path) {
-                    (CheckKind::Tcp, Some(_)) => {
-                        return err(
-                            format!("{hp}.path"),
-                            "a tcp check has no path; remove it or use kind: http",
-                        )
-                    }
-                    (CheckKind::Http, Some(path)) if !path.starts_with('/') => {
-                        return err(format!("{hp}.path"), format!("{path:?} must start with /"))
-                    }
-                    _ => {}
+                if hc.kind == CheckKind::Http
+                    && (!hc.path.starts_with('/') || hc.path.parse::<http::Uri>().is_err())
+                {
+                    return err(
+                        format!("{hp}.path"),
+                        format!("{:?} must start with / and be a valid path", hc.path),
+                    );
                 }
                 if hc.interval < Duration::from_millis(100) {
                     return err(format!("{hp}.interval"), "must be at least 100ms");
@@ -526,6 +544,22 @@ routes:
         assert_eq!(app.read_timeout, Duration::from_secs(30));
         assert_eq!(c.admin.purge_allow.len(), 2);
         assert_eq!(c.access_log.target, LogTarget::Off);
+    }
+
+    #[test]
+    fn pingora_defaults_fit_a_busy_node() {
+        let c = Config::parse(GOOD).unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.pingora.threads, cpus);
+        assert_eq!(c.pingora.upstream_keepalive_pool_size, 1024);
+        let c = Config::parse(&format!(
+            "{GOOD}pingora: {{threads: 3, upstream_keepalive_pool_size: 7}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.pingora.threads, 3);
+        assert_eq!(c.pingora.upstream_keepalive_pool_size, 7);
+        let c = Config::parse(&format!("{GOOD}pingora: {{grace_period_seconds: 1}}\n")).unwrap();
+        assert_eq!(c.pingora.threads, cpus);
     }
 
     #[test]

@@ -18,6 +18,38 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shellac");
 
+/// Polls `cond` every 10 ms until it holds, failing the test with `what` after `within`. The one
+/// way tests wait: for a fact (a counter, a key, a log line), never for a fixed time.
+pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `n` deterministic pseudo-random bytes (xorshift64): bodies whose every byte matters.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x = xorshift(x);
+            x as u8
+        })
+        .collect()
+}
+
+/// One xorshift64 step.
+pub fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
 /// A loopback port no other caller in this test process has been given.
 pub fn free_port() -> u16 {
     static ISSUED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
