@@ -41,6 +41,8 @@ pub struct CacheRule {
     pub enabled: bool,
     /// Stale windows for responses that name none.
     pub stale: StaleDefaults,
+    /// Whether the client's no-cache / max-age may force revalidation.
+    pub client_cache_control: config::ClientCacheControl,
 }
 
 impl CacheRule {
@@ -54,6 +56,7 @@ impl CacheRule {
                 // Cache-wide; `Cache::enable` fills it in.
                 on_disconnect: 0,
             },
+            client_cache_control: r.client_cache_control,
         }
     }
 }
@@ -106,7 +109,7 @@ pub struct Cache {
 impl Cache {
     /// Builds the process-wide cache parts. Pingora needs them `'static`; they live as long as
     /// the process, so leaking them once at start-up is the honest lifetime.
-    pub fn new(conf: &config::Cache, purge_allow: Vec<config::Cidr>) -> Cache {
+    pub fn new(conf: &config::Cache, admin: &config::Admin) -> Cache {
         let l1: Option<&'static MemoryStore> = (conf.memory.size > 0).then(|| {
             &*Box::leak(Box::new(MemoryStore::new(
                 conf.memory.size as usize,
@@ -147,7 +150,17 @@ impl Cache {
             vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
-                allow: purge_allow,
+                allow: admin.purge_allow.clone(),
+                token: admin.purge_token.clone(),
+                invalidate_on: conf
+                    .invalidate_on
+                    .iter()
+                    .map(|m| http::Method::from_bytes(m.as_bytes()).expect("validated"))
+                    .collect(),
+                fleet_budget: conf
+                    .memcached
+                    .as_ref()
+                    .map(|m| purge::Bucket::per_second(m.invalidations_per_second)),
             },
         }
     }
@@ -286,10 +299,15 @@ impl Cache {
         cx: &mut CacheCtx,
     ) -> Option<pingora::cache::ForcedFreshness> {
         cx.tier = Some(self.storage.tier_of(hit));
+        // With `honor`, a request that waited on another's revalidation (the cache lock) is
+        // answered by its result: forcing again would send each waiter to the origin in turn.
+        let honor = cx.rule.client_cache_control == config::ClientCacheControl::Honor
+            && session.cache.lock_duration().is_none();
         let forced = policy::on_hit(
             session.req_header(),
             meta,
             SystemTime::now(),
+            honor,
             &self.targeted,
         );
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
@@ -403,9 +421,13 @@ impl Cache {
         policy::conditional::not_modified(req, resp)
     }
 
-    /// `request_filter` for the `PURGE` method.
-    pub async fn purge(&self, session: &mut Session) -> Result<()> {
-        self.purger.purge(session).await
+    /// `request_filter` for the `PURGE` method, from the real `client`.
+    pub async fn purge(
+        &self,
+        session: &mut Session,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<()> {
+        self.purger.purge(session, client).await
     }
 }
 
