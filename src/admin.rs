@@ -1,5 +1,9 @@
-//! The admin listener: `/metrics` (Prometheus text) and `/healthz`. It is never the public
-//! listener; config validation refuses to share a port.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/status.json` (a summary for
+//! `shellac stat` and the status page, in [`status`]) and `/`, the status page ([`page`]). It
+//! is never the public listener; config validation refuses to share a port.
+
+pub mod page;
+pub mod status;
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
@@ -32,10 +36,21 @@ impl ServeHttp for Admin {
                 }
             }
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => crate::readiness::readyz(),
+            "/status.json" => (
+                StatusCode::OK,
+                "application/json",
+                status::snapshot().to_string().into_bytes(),
+            ),
+            "/" => (
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                page::HTML.as_bytes().to_vec(),
+            ),
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found; try /metrics or /healthz\n".to_vec(),
+                b"not found; try /, /status.json, /metrics or /healthz\n".to_vec(),
             ),
         };
         Response::builder()

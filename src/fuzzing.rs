@@ -114,14 +114,15 @@ pub fn cache_control(data: &[u8]) {
     let stale = policy::StaleDefaults {
         while_revalidate: (pick % 3) as u32,
         if_error: (pick % 5) as u32,
+        on_disconnect: (pick % 7) as u32,
     };
     let later = now + Duration::from_secs((pick as u64) * 7);
-    let meta = match policy::storable(&req, &resp, timing, heuristic, stale) {
+    let meta = match policy::storable(&req, &resp, timing, heuristic, stale, &[]) {
         Ok(meta) => meta,
         Err(_) => CacheMeta::new(now, now - Duration::from_secs(30), 0, 0, resp),
     };
-    let _ = policy::on_hit(&req, &meta, later);
-    let _ = policy::on_hit(&req, &meta, SystemTime::UNIX_EPOCH);
+    let _ = policy::on_hit(&req, &meta, later, true, &[]);
+    let _ = policy::on_hit(&req, &meta, SystemTime::UNIX_EPOCH, false, &[]);
     let _ = policy::ttl_secs(&meta, later);
 }
 
@@ -134,7 +135,7 @@ pub fn config(data: &[u8]) {
         Ok(c) => {
             assert!(!c.listen.is_empty(), "a config without a listener");
             assert!(
-                !c.listen.contains(&c.admin.listen),
+                !c.listen.iter().any(|l| l.addr == c.admin.listen),
                 "admin on a public listener"
             );
             for r in &c.routes {

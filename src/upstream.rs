@@ -237,7 +237,7 @@ fn health_check(
                     format!("{:?} is not a host[:port] for the Host header", hc.host),
                 ));
             }
-            let path = hc.path.as_deref().unwrap_or("/");
+            let path = hc.path.as_str();
             let uri: http::Uri = match path.parse() {
                 Ok(u) if path.starts_with('/') => u,
                 _ => {

@@ -23,7 +23,20 @@ async fn metrics_describe_traffic_and_backends() {
     let mut idle = Client::connect(shellac.addr).await.unwrap();
     idle.request("GET", "/ok", &[], b"").await.unwrap();
 
-    let text = shellac.metrics().await;
+    // The logging hook counts a request just after its response is written: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let text = loop {
+        let text = shellac.metrics().await;
+        let done = common::sum_metric(
+            &text,
+            "shellac_requests_total",
+            &[("route", "*/"), ("status_class", "2xx")],
+        );
+        if done >= 4.0 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     let m = |name, labels: &[(&str, &str)]| common::sum_metric(&text, name, labels);
     assert_eq!(
         m(
@@ -78,14 +91,21 @@ async fn metrics_describe_traffic_and_backends() {
     )
     .await;
     assert_eq!(s2.get("/").await.status, 404);
-    assert_eq!(
-        s2.metric(
-            "shellac_requests_total",
-            &[("route", "none"), ("status_class", "4xx")]
-        )
-        .await,
-        1.0
-    );
+    // As above: the logging hook counts it just after the response is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let none = loop {
+        let n = s2
+            .metric(
+                "shellac_requests_total",
+                &[("route", "none"), ("status_class", "4xx")],
+            )
+            .await;
+        if n >= 1.0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(none, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -209,7 +209,8 @@ async fn request_directives() {
             .header("ETag", "\"v1\"")
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    // The route honours client reloads; by default they are ignored (tests/load_balancer.rs).
+    let shellac = Shellac::start(&cached(&origin, ", client_cache_control: honor", "")).await;
     // only-if-cached on a miss: 504 without asking the origin.
     let r = shellac
         .request("GET", "/d", &[("Cache-Control", "only-if-cached")])
@@ -771,4 +772,197 @@ async fn an_age_near_two_to_the_63_neither_panics_nor_stops_later_hits() {
         assert!((2147483000..=1 << 31).contains(&age), "hit {i}: Age {age}");
     }
     assert_eq!(origin.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdn_cache_control_governs_this_cache_and_stops_here() {
+    // Browsers are told not to store; this cache is told one minute (RFC 9213).
+    let origin = Origin::start(|req| {
+        Reply::ok(format!("body of {}", req.target))
+            .header("Cache-Control", "no-store")
+            .header("CDN-Cache-Control", "max-age=60")
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/t").await;
+    let r = shellac.get("/t").await;
+    assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+    assert_eq!(origin.count(), 1);
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "sent on unchanged"
+    );
+    assert_eq!(
+        r.header("cdn-cache-control"),
+        None,
+        "targeted fields stop here"
+    );
+
+    // An invalid targeted field is ignored as a whole: Cache-Control decides.
+    let origin = Origin::start(|_| {
+        Reply::ok("x")
+            .header("Cache-Control", "no-store")
+            .header("CDN-Cache-Control", "Max-Age=60")
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/i").await;
+    shellac.get("/i").await;
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn must_understand_stores_despite_no_store() {
+    let origin = Origin::start(cc("max-age=60, no-store, must-understand")).await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/m").await;
+    let r = shellac.get("/m").await;
+    assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn equivalent_accept_encodings_share_a_variant() {
+    let origin = Origin::start(|req| {
+        Reply::ok(format!(
+            "enc={}",
+            req.header("accept-encoding").unwrap_or("")
+        ))
+        .header("Cache-Control", "max-age=60")
+        .header("Vary", "Accept-Encoding")
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    for enc in ["gzip, br", "br,gzip", "BR , GZIP", "gzip,br,gzip"] {
+        let r = shellac
+            .request("GET", "/ae", &[("Accept-Encoding", enc)])
+            .await;
+        assert_eq!(r.text(), "enc=gzip, br");
+    }
+    assert_eq!(origin.count(), 1, "one variant for four spellings");
+    shellac
+        .request("GET", "/ae", &[("Accept-Encoding", "identity")])
+        .await;
+    assert_eq!(
+        origin.count(),
+        2,
+        "a different preference is another variant"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_modified_since_is_answered_from_the_stored_date() {
+    let now = std::time::SystemTime::now();
+    let date = httpdate::fmt_http_date(now);
+    let origin = Origin::start(move |_| {
+        Reply::ok("dated")
+            .header("Cache-Control", "max-age=60")
+            .header("Date", date.clone())
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/d").await;
+    let hour = Duration::from_secs(3600);
+    let later = httpdate::fmt_http_date(now + hour);
+    let r = shellac
+        .request("GET", "/d", &[("If-Modified-Since", &later)])
+        .await;
+    assert_eq!(r.status, 304, "no Last-Modified: the stored Date answers");
+    let earlier = httpdate::fmt_http_date(now - hour);
+    let earlier = [("If-Modified-Since", earlier.as_str())];
+    let r = shellac.request("GET", "/d", &earlier).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "dated");
+    assert_eq!(origin.count(), 1, "both answered from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expires_in_rfc_850_and_asctime_forms() {
+    for (i, expires) in [
+        "Sunday, 06-Nov-44 08:49:37 GMT",
+        "Sun Nov  6 08:49:37 2044",
+        "sun, 06 nov 2044 08:49:37 GMT",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let origin = Origin::start(move |_| Reply::ok("e").header("Expires", expires)).await;
+        let shellac = Shellac::start(&cached(&origin, "", "")).await;
+        let target = format!("/e{i}");
+        shellac.get(&target).await;
+        let r = shellac.get(&target).await;
+        assert!(
+            status_of(&r).contains("hit"),
+            "{expires}: {}",
+            status_of(&r)
+        );
+        assert_eq!(origin.count(), 1, "{expires}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_stands_in_for_an_unreachable_origin_but_not_for_its_5xx() {
+    let failing = Arc::new(AtomicUsize::new(0));
+    let f = failing.clone();
+    let origin = Origin::start(move |req| {
+        if f.load(Ordering::SeqCst) == 1 {
+            return Reply::new(500, "origin error");
+        }
+        let v = if req.path() == "/mr" {
+            "max-age=1, must-revalidate"
+        } else {
+            "max-age=1"
+        };
+        Reply::ok("good").header("Cache-Control", v)
+    })
+    .await;
+    // No stale-if-error anywhere: only cache.stale_on_disconnect (default 10s) applies.
+    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    shellac.get("/d").await;
+    shellac.get("/mr").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // both are stale now
+    failing.store(1, Ordering::SeqCst);
+    let r = shellac.get("/d").await;
+    assert_eq!(
+        r.status, 500,
+        "an origin 5xx is governed by stale-if-error only"
+    );
+    origin.kill();
+    let r = shellac.get("/d").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "good"),
+        "unreachable origin: the stale copy answers"
+    );
+    assert!(
+        status_of(&r).contains("detail=stale-on-disconnect"),
+        "{}",
+        status_of(&r)
+    );
+    let r = shellac.get("/mr").await;
+    assert_eq!(
+        r.status, 502,
+        "must-revalidate forbids stale even when disconnected"
+    );
+
+    // With the window set to zero, a dead origin is a 502.
+    let origin = Origin::start(cc("max-age=1")).await;
+    let shellac = Shellac::start(
+        &cached(&origin, "", "")
+            .replace("cache: {", "cache: {stale_on_disconnect: 0s, ")
+            .replace(
+                "routes:",
+                if on_memcached() {
+                    "routes:"
+                } else {
+                    "cache: {stale_on_disconnect: 0s}\nroutes:"
+                },
+            ),
+    )
+    .await;
+    shellac.get("/z").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    origin.kill();
+    assert_eq!(shellac.get("/z").await.status, 502);
 }

@@ -41,7 +41,7 @@ async fn a_miss_on_one_node_is_a_hit_on_the_others() {
     let origin = Origin::start(versioned(Arc::new(AtomicUsize::new(1)), Duration::ZERO)).await;
     let nodes = three_nodes(&fleet_config(&origin, &[&a, &b], "2s")).await;
     assert_eq!(nodes[0].get("/x").await.text(), "/x v1");
-    tokio::time::sleep(Duration::from_millis(150)).await; // the memcached commit follows the answer
+    common::memcached::wait_for_heads(&[&a, &b], 1).await; // the commit follows the answer
     for n in &nodes[1..] {
         let r = n.get("/x").await;
         assert_eq!(r.text(), "/x v1");
@@ -97,7 +97,7 @@ async fn a_purge_on_one_node_reaches_every_node_within_the_bound() {
     let origin = Origin::start(versioned(version.clone(), Duration::ZERO)).await;
     let nodes = three_nodes(&fleet_config(&origin, &[&a, &b], "2s")).await;
     nodes[0].get("/p").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    common::memcached::wait_for_heads(&[&a, &b], 1).await;
     for n in &nodes {
         assert_eq!(n.get("/p").await.text(), "/p v1"); // now in every node's memory tier
     }
@@ -256,7 +256,7 @@ async fn stale_while_revalidate_refreshes_once_per_fleet() {
     .await;
     let nodes = three_nodes(&fleet_config(&origin, &[&a, &b], "2s")).await;
     nodes[0].get("/swr").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    common::memcached::wait_for_heads(&[&a, &b], 1).await;
     for n in &nodes {
         assert_eq!(n.get("/swr").await.text(), "/swr v1"); // warm every node's memory tier
     }

@@ -47,15 +47,7 @@ fn meta(content_length: Option<usize>, fresh: Duration) -> CacheMeta {
 }
 
 fn body(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pseudo_random(len, seed)
 }
 
 /// Stores `data`, written in pieces of `piece` bytes, and returns the finish size.
@@ -473,11 +465,7 @@ async fn probe_checks_the_chunk_size_against_the_item_limit() {
 }
 
 async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::wait_for(what, Duration::from_secs(2), &mut cond).await
 }
 
 #[tokio::test]

@@ -161,17 +161,7 @@ async fn sample_fraction_within_three_sigma() {
     eprintln!("sample 0.25: {forked} of {n} forked");
 }
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use common::pseudo_random;
 
 fn chunked(body: &[u8], size: usize) -> Vec<u8> {
     let mut out = Vec::new();

@@ -61,12 +61,8 @@ fn slow_requests(
         .collect()
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+async fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    common::wait_for(what, Duration::from_secs(10), cond).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -293,7 +289,7 @@ async fn a_reload_keeps_the_shared_tier_and_refills_memory_from_it() {
     for i in 0..N {
         node.get(&format!("/o/{i}")).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // memcached commits follow answers
+    common::memcached::wait_for_heads(&[&mc], N).await; // memcached commits follow answers
     assert_eq!(origin.count(), N);
     let mut old = node.reload().await;
     // Both processes accept during Pingora's 5 s hand-over; measure the new one alone.

@@ -80,8 +80,8 @@ async fn a_restarted_node_answers_from_memcached_without_the_origin() {
     for i in 0..5 {
         first.get(&format!("/k/{i}")).await;
     }
-    // The memcached commit runs after the client is answered: give it a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The memcached commit runs after the client is answered.
+    common::memcached::wait_for_heads(&[&mc], 5).await;
     drop(first);
     let fresh = Shellac::start(&node_config(&origin, &[&mc], "16MiB", "200ms")).await;
     for i in 0..5 {

@@ -79,7 +79,7 @@ fn watch_rss(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
 /// connections, and a probe client from 127.0.0.2 that must keep getting fast cached answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: run with scripts/soak"]
-async fn soak_row5_slowloris_cap_and_idle_connections() {
+async fn soak_slowloris_cap_and_idle_connections() {
     let slow_conns = env_or("SOAK_SLOWLORIS", 2000) as usize;
     let idle_conns = env_or("SOAK_IDLE", 1000) as usize;
     let (header_timeout, keepalive) = (Duration::from_secs(10), Duration::from_secs(5));
@@ -288,7 +288,7 @@ async fn soak_row5_slowloris_cap_and_idle_connections() {
 /// traffic; the store's gauge and the process's RSS must stay bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: run with scripts/soak"]
-async fn soak_row10_memory_bounded_under_a_large_working_set() {
+async fn soak_memory_bounded_under_a_large_working_set() {
     let size_mib = env_or("SOAK_CACHE_MIB", 128);
     let object = 64 * 1024;
     let urls = env_or("SOAK_URLS", size_mib * 1024 * 1024 * 6 / object as u64) as usize;
@@ -349,9 +349,7 @@ async fn soak_row10_memory_bounded_under_a_large_working_set() {
             for pass in 0..passes {
                 for i in (w..urls).step_by(workers) {
                     for target in [format!("/cold/{i}"), {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
+                        x = common::xorshift(x);
                         format!("/hot/{}", x % hot as u64)
                     }] {
                         n += 1;

@@ -4,6 +4,7 @@
 //! the two tiers in [`tiered`] (with [`fleet`] coordinating nodes); this module wires them to
 //! Pingora's cache state machine.
 
+mod decide;
 mod fill;
 pub mod fleet;
 pub mod key;
@@ -27,11 +28,12 @@ use memory::MemoryStore;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
-use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
+use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
-use policy::{Heuristic, Refusal, StaleDefaults, Timing};
+use policy::stale::StaleReason;
+use policy::{Heuristic, Refusal, StaleDefaults};
 use std::time::{Duration, SystemTime};
 use tiered::Tiered;
 
@@ -42,6 +44,8 @@ pub struct CacheRule {
     pub enabled: bool,
     /// Stale windows for responses that name none.
     pub stale: StaleDefaults,
+    /// Whether the client's no-cache / max-age may force revalidation.
+    pub client_cache_control: config::ClientCacheControl,
 }
 
 impl CacheRule {
@@ -52,7 +56,10 @@ impl CacheRule {
             stale: StaleDefaults {
                 while_revalidate: secs(r.stale_while_revalidate),
                 if_error: secs(r.stale_if_error),
+                // Cache-wide; `Cache::enable` fills it in.
+                on_disconnect: 0,
             },
+            client_cache_control: r.client_cache_control,
         }
     }
 }
@@ -71,8 +78,14 @@ pub struct CacheCtx {
     /// The client's directives forced validation (§5.2.1).
     forced: bool,
     had_stale: bool,
+    /// Why a stale copy stood in for the origin's answer.
+    stale_reason: Option<StaleReason>,
+    /// The tier that answered the lookup (`memory`, `memcached`), for the lookup metric.
+    tier: Option<&'static str>,
     /// The response body comes from the cache (counted as served bytes).
     pub from_cache: bool,
+    /// Freshness set by rules for the origin's answer.
+    pub overrides: policy::Overrides,
 }
 
 /// Request-dependent refusals: the Predictor must not remember them for the URL.
@@ -87,13 +100,19 @@ pub struct Cache {
     lock_timeout: Duration,
     max_object: usize,
     heuristic: Heuristic,
+    /// RFC 9213 targeted fields, in order of precedence.
+    targeted: Vec<http::HeaderName>,
+    forward_targeted: bool,
+    /// `cache.stale_on_disconnect`, whole seconds.
+    on_disconnect: u32,
+    vary_normalize: Vec<http::HeaderName>,
     purger: purge::Purger,
 }
 
 impl Cache {
     /// Builds the process-wide cache parts. Pingora needs them `'static`; they live as long as
     /// the process, so leaking them once at start-up is the honest lifetime.
-    pub fn new(conf: &config::Cache, purge_allow: Vec<config::Cidr>) -> Cache {
+    pub fn new(conf: &config::Cache, admin: &config::Admin) -> Cache {
         let l1: Option<&'static MemoryStore> = (conf.memory.size > 0).then(|| {
             &*Box::leak(Box::new(MemoryStore::new(
                 conf.memory.size as usize,
@@ -128,9 +147,23 @@ impl Cache {
                 fraction: conf.heuristic_fraction,
                 max: conf.heuristic_max,
             },
+            targeted: conf.targeted_fields.clone(),
+            forward_targeted: conf.forward_targeted_fields,
+            on_disconnect: conf.stale_on_disconnect.as_secs().min(u32::MAX as u64) as u32,
+            vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
-                allow: purge_allow,
+                allow: admin.purge_allow.clone(),
+                token: admin.purge_token.clone(),
+                invalidate_on: conf
+                    .invalidate_on
+                    .iter()
+                    .map(|m| http::Method::from_bytes(m.as_bytes()).expect("validated"))
+                    .collect(),
+                fleet_budget: conf
+                    .memcached
+                    .as_ref()
+                    .map(|m| purge::Bucket::per_second(m.invalidations_per_second)),
             },
         }
     }
@@ -138,6 +171,7 @@ impl Cache {
     /// `request_cache_filter`: turn caching on for GET and HEAD on caching routes.
     pub fn enable(&self, session: &mut Session, rule: &CacheRule, cx: &mut CacheCtx) {
         cx.rule = *rule;
+        cx.rule.stale.on_disconnect = self.on_disconnect;
         if !rule.enabled || !matches!(session.req_header().method.as_str(), "GET" | "HEAD") {
             return;
         }
@@ -159,7 +193,7 @@ impl Cache {
     }
 
     pub fn vary(&self, meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-        vary::variance(meta.headers(), req)
+        vary::variance(meta.headers(), req, &self.vary_normalize)
     }
 
     /// `upstream_request_filter`: when the request left for the origin (§4.2.3).
@@ -222,60 +256,13 @@ impl Cache {
         }
     }
 
-    /// `response_cache_filter`: the RFC 9111 decision for this response.
-    pub fn decide(
+    /// `request_filter` for the `PURGE` method, from the real `client`.
+    pub async fn purge(
         &self,
-        session: &Session,
-        resp: &ResponseHeader,
-        cx: &mut CacheCtx,
-    ) -> RespCacheable {
-        let now = SystemTime::now();
-        let t = Timing {
-            request_sent: cx.request_sent.unwrap_or(now),
-            response_received: now,
-        };
-        let merged;
-        let resp = match cx.revalidation.take() {
-            Some(r304) => {
-                merged = policy::revalidate::merge_304(resp, &r304);
-                &merged
-            }
-            None => resp,
-        };
-        match policy::storable(session.req_header(), resp, t, self.heuristic, cx.rule.stale) {
-            Ok(meta) => {
-                cx.stored = true;
-                RespCacheable::Cacheable(meta)
-            }
-            Err(reason) => {
-                cx.refusal = Some(reason);
-                metrics::CACHE_NOT_STORED
-                    .with_label_values(&[reason.label()])
-                    .inc();
-                if let Some(key) = session.cache.maybe_cache_key() {
-                    // Other nodes waiting for this fill would wait in vain.
-                    self.storage.release(key, true);
-                }
-                RespCacheable::Uncacheable(NoCacheReason::Custom(reason.label()))
-            }
-        }
-    }
-
-    /// `cache_hit_filter`: the client's own freshness demands (§5.2.1).
-    pub fn on_hit(
-        &self,
-        session: &Session,
-        meta: &CacheMeta,
-        cx: &mut CacheCtx,
-    ) -> Option<pingora::cache::ForcedFreshness> {
-        let forced = policy::on_hit(session.req_header(), meta, SystemTime::now());
-        cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
-        forced
-    }
-
-    /// `request_filter` for the `PURGE` method.
-    pub async fn purge(&self, session: &mut Session) -> Result<()> {
-        self.purger.purge(session).await
+        session: &mut Session,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<()> {
+        self.purger.purge(session, client).await
     }
 }
 

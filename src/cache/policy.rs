@@ -10,13 +10,16 @@
 //!   validator) or served stale (has a stale window); otherwise storing it could never help.
 //!
 //! Sub-modules: [`age`] (§4.2.3 arithmetic, saturating), [`stale`] (§4.2.4: when stale may be
-//! served), [`revalidate`] (§3.2: the 304 merge), [`invalidate`] (§4.4), [`refusal`] (why not).
+//! served), [`revalidate`] (§3.2: the 304 merge), [`invalidate`] (§4.4), [`refusal`] (why not),
+//! [`targeted`] (RFC 9213 `CDN-Cache-Control`), [`conditional`] (304s from storage).
 
 pub mod age;
+pub mod conditional;
 pub mod invalidate;
 pub mod refusal;
 pub mod revalidate;
 pub mod stale;
+pub mod targeted;
 
 pub use age::{current_age, ttl_secs};
 pub use refusal::Refusal;
@@ -38,6 +41,21 @@ pub struct Heuristic {
 pub struct StaleDefaults {
     pub while_revalidate: u32,
     pub if_error: u32,
+    /// How long a stale copy may stand in when the origin cannot be reached at all (§4.2.4);
+    /// never longer than the origin allows stale at all.
+    pub on_disconnect: u32,
+}
+
+/// Operator overrides of freshness (from rules), decided per response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// Freshness when the response has no explicit one; takes precedence over the heuristic.
+    pub ttl: Option<Duration>,
+    /// Freshness regardless of the response's, and despite `no-cache` and `private`.
+    pub force_ttl: Option<Duration>,
+    /// Stale windows replacing the route's defaults (the response's own still count, unless
+    /// `force_ttl`, which uses these alone).
+    pub stale: Option<StaleDefaults>,
 }
 
 /// When the request went to the origin and when its response header arrived (§4.2.3).
@@ -55,19 +73,50 @@ pub fn storable(
     t: Timing,
     heuristic: Heuristic,
     stale: StaleDefaults,
+    targeted_fields: &[http::HeaderName],
+) -> Result<CacheMeta, Refusal> {
+    let o = Overrides::default();
+    storable_with(req, resp, t, heuristic, stale, targeted_fields, o)
+}
+
+/// [`storable`] with an operator's [`Overrides`]: `force_ttl` sets the lifetime and lifts
+/// `no-cache` and `private` (never `no-store`, `Set-Cookie` or `Authorization`).
+pub fn storable_with(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    t: Timing,
+    heuristic: Heuristic,
+    stale: StaleDefaults,
+    targeted_fields: &[http::HeaderName],
+    o: Overrides,
 ) -> Result<CacheMeta, Refusal> {
     storable_exchange(req, resp)?;
-    let cc = CacheControl::from_resp_headers(resp);
-    let directives = Directives::of(cc.as_ref());
+    // RFC 9213: a valid targeted field replaces Cache-Control for everything below.
+    let cc = targeted::response_cc(resp, targeted_fields);
+    let mut directives = Directives::of(cc.as_ref());
+    if o.force_ttl.is_some() {
+        directives.no_cache = false;
+        directives.private = false;
+    }
     permitted(req, resp, &directives)?;
     let date = header_date(resp, http::header::DATE).unwrap_or(t.response_received);
+    let explicit = freshness_lifetime(resp, cc.as_ref(), date, directives.public, heuristic, o.ttl);
     // §5.2.2.4: no-cache may be stored but must be validated before every reuse.
-    let lifetime = match freshness_lifetime(resp, cc.as_ref(), date, directives.public, heuristic) {
+    let lifetime = match explicit {
+        _ if o.force_ttl.is_some() => o.force_ttl.unwrap_or_default(),
         _ if directives.no_cache => Duration::ZERO,
         Some(l) => l,
+        None if resp.status.is_server_error() => return Err(Refusal::ServerError),
         None => return Err(Refusal::NoFreshness),
     };
-    let (swr, sie) = stale::windows(cc.as_ref(), stale);
+    let stale = o.stale.map_or(stale, |s| StaleDefaults {
+        on_disconnect: stale.on_disconnect,
+        ..s
+    });
+    let (swr, sie) = match o.force_ttl {
+        Some(_) => (stale.while_revalidate, stale.if_error),
+        None => stale::windows(cc.as_ref(), stale),
+    };
     let initial_age = age::initial_age(resp, date, t);
     let fresh_until = age::fresh_until(t.response_received, lifetime, initial_age);
     let fresh = fresh_until > t.response_received;
@@ -109,6 +158,7 @@ struct Directives {
     must_revalidate: bool,
     no_store: bool,
     private: bool,
+    must_understand: bool,
 }
 
 impl Directives {
@@ -122,6 +172,7 @@ impl Directives {
             must_revalidate: has(CacheControl::must_revalidate),
             no_store: has(CacheControl::no_store),
             private: has(CacheControl::private),
+            must_understand: cc.is_some_and(|c| c.has_key("must-understand")),
         }
     }
 }
@@ -144,7 +195,10 @@ fn permitted(req: &RequestHeader, resp: &ResponseHeader, d: &Directives) -> Resu
     if CacheControl::from_req_headers(req).is_some_and(|c| c.no_store()) {
         return Err(Refusal::RequestNoStore); // §5.2.1.5
     }
-    if d.no_store {
+    // §5.2.2.3: must-understand on a status whose caching rules we implement overrides
+    // no-store (an origin sends both so that older caches, which ignore it, do not store).
+    let understood = d.must_understand && understood_status(resp.status.as_u16());
+    if d.no_store && !understood {
         return Err(Refusal::NoStore); // §5.2.2.5
     }
     if d.private {
@@ -168,6 +222,14 @@ fn permitted(req: &RequestHeader, resp: &ResponseHeader, d: &Directives) -> Resu
         return Err(Refusal::VaryStar);
     }
     Ok(())
+}
+
+/// Statuses whose caching semantics this cache implements (RFC 9110 §15), for §5.2.2.3.
+fn understood_status(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    )
 }
 
 /// The header as stored: fields named by `private=`/`no-cache=` removed (§5.2.2.4, §5.2.2.7),
@@ -210,6 +272,7 @@ fn freshness_lifetime(
     date: SystemTime,
     public: bool,
     heuristic: Heuristic,
+    default_ttl: Option<Duration>,
 ) -> Option<Duration> {
     if let Some(cc) = cc {
         // An invalid value is explicit but unusable: §4.2.1 encourages treating it as stale.
@@ -227,6 +290,9 @@ fn freshness_lifetime(
             Some(exp) => exp.duration_since(date).unwrap_or(Duration::ZERO),
             None => Duration::ZERO,
         });
+    }
+    if default_ttl.is_some() {
+        return default_ttl; // the operator's TTL for responses without explicit freshness
     }
     // §4.2.2: heuristics only for heuristically cacheable statuses (RFC 9110 §15.1) or `public`.
     let status = resp.status.as_u16();
@@ -246,15 +312,57 @@ pub(crate) fn header_date(
     resp: &ResponseHeader,
     name: http::header::HeaderName,
 ) -> Option<SystemTime> {
-    let v = resp.headers.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(v.trim()).ok()
+    parse_http_date(resp.headers.get(name)?.to_str().ok()?)
+}
+
+/// An HTTP-date in any of the three formats of RFC 9110 §5.6.7 (IMF-fixdate, RFC 850,
+/// asctime), with day and month names in any case; the zone must be `GMT`.
+pub fn parse_http_date(v: &str) -> Option<SystemTime> {
+    let v = v.trim();
+    if let Ok(t) = httpdate::parse_http_date(v) {
+        return Some(t);
+    }
+    // Recipients parse names case-insensitively (§5.6.7); the parser wants `Sun`, `Nov`.
+    let mut canon = String::with_capacity(v.len());
+    let mut word_start = true;
+    for c in v.chars() {
+        if c.is_ascii_alphabetic() {
+            canon.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            canon.push(c);
+            word_start = true;
+        }
+    }
+    // The zone is a name too; asctime has none.
+    let canon = match canon.strip_suffix("Gmt") {
+        Some(s) => format!("{s}GMT"),
+        None => canon,
+    };
+    httpdate::parse_http_date(&canon).ok()
 }
 
 /// What the request's own directives (§5.2.1) do to a stored response: `ForceExpired` makes
 /// Pingora validate it first, `ForceFresh` serves it stale as the client allowed. `None`
-/// leaves the decision to the stored freshness.
-pub fn on_hit(req: &RequestHeader, meta: &CacheMeta, now: SystemTime) -> Option<ForcedFreshness> {
+/// leaves the decision to the stored freshness. Unless `honor_reload` (a route's
+/// `client_cache_control: honor`), `no-cache`, `max-age` and `Pragma: no-cache` are ignored:
+/// they would let any client send every request to the origin. `min-fresh` and `max-stale`
+/// count either way.
+pub fn on_hit(
+    req: &RequestHeader,
+    meta: &CacheMeta,
+    now: SystemTime,
+    honor_reload: bool,
+    targeted_fields: &[http::HeaderName],
+) -> Option<ForcedFreshness> {
     let Some(cc) = CacheControl::from_req_headers(req) else {
+        if !honor_reload {
+            return None;
+        }
         // §5.4: `Pragma: no-cache` counts only when there is no Cache-Control.
         let pragma = req.headers.get(http::header::PRAGMA)?;
         return pragma
@@ -263,11 +371,11 @@ pub fn on_hit(req: &RequestHeader, meta: &CacheMeta, now: SystemTime) -> Option<
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"no-cache"))
             .then_some(ForcedFreshness::ForceExpired);
     };
-    if cc.no_cache() {
+    if honor_reload && cc.no_cache() {
         return Some(ForcedFreshness::ForceExpired); // §5.2.1.4
     }
     let age = current_age(meta, now);
-    if let Ok(Some(max_age)) = cc.max_age() {
+    if let (true, Ok(Some(max_age))) = (honor_reload, cc.max_age()) {
         if age > Duration::from_secs(max_age as u64) {
             return Some(ForcedFreshness::ForceExpired); // §5.2.1.1
         }
@@ -280,7 +388,7 @@ pub fn on_hit(req: &RequestHeader, meta: &CacheMeta, now: SystemTime) -> Option<
     }
     if ttl < 0 && cc.has_key("max-stale") {
         // §5.2.1.2, unless the origin forbade serving it stale (§4.2.4).
-        let stored = CacheControl::from_resp_headers(meta.response_header());
+        let stored = targeted::response_cc(meta.response_header(), targeted_fields);
         let forbidden = stale::origin_forbids_stale(stored.as_ref());
         let within = match cc.parse_max_stale() {
             Ok(Some(limit)) => -ttl <= limit as i64,

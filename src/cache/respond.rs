@@ -2,6 +2,7 @@
 //! storage, `Cache-Status` always, and the lookup metric. The words are [`super::status`]'s;
 //! this gathers the facts from Pingora's cache state.
 
+use super::policy::stale::StaleReason;
 use super::status::{self, Facts, Served};
 use super::{policy, Cache, CacheCtx};
 use crate::metrics;
@@ -13,7 +14,7 @@ use std::time::SystemTime;
 
 impl Cache {
     /// `response_filter`: `Age` on responses served from storage, `Cache-Status` on every
-    /// response of a caching route, and the lookup metric.
+    /// response of a caching route, and the lookup metric (by result and answering tier).
     pub fn respond(
         &self,
         session: &Session,
@@ -21,12 +22,18 @@ impl Cache {
         cx: &mut CacheCtx,
         upstream_status: u16,
     ) -> Result<&'static str> {
+        if !self.forward_targeted {
+            // RFC 9213 fields speak to caches; this one has read them.
+            for name in &self.targeted {
+                resp.remove_header(name);
+            }
+        }
         if !cx.enabled {
             let (value, lookup) = status::uncached(cx.rule.enabled);
             resp.insert_header("cache-status", value)?;
             let Some(lookup) = lookup else { return Ok("-") };
             metrics::CACHE_LOOKUPS
-                .with_label_values(&[lookup.label()])
+                .with_label_values(&[lookup.label(), "none"])
                 .inc();
             return Ok(lookup.label());
         }
@@ -36,7 +43,9 @@ impl Cache {
                 coalesced: session.cache.lock_duration().is_some(),
             },
             CachePhase::StaleUpdating => Served::StaleWhileRevalidate,
-            CachePhase::Stale => Served::StaleIfError,
+            CachePhase::Stale => {
+                Served::StaleOnError(cx.stale_reason.unwrap_or(StaleReason::IfError))
+            }
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Served::Revalidated,
             _ => Served::Origin {
                 bypass: matches!(phase, CachePhase::Bypass),
@@ -64,8 +73,10 @@ impl Cache {
             },
         };
         let (value, lookup) = status::cache_status(&facts);
+        // Misses and passes were answered by no tier.
+        let tier = cx.tier.filter(|_| cx.from_cache).unwrap_or("none");
         metrics::CACHE_LOOKUPS
-            .with_label_values(&[lookup.label()])
+            .with_label_values(&[lookup.label(), tier])
             .inc();
         resp.insert_header("cache-status", value)?;
         Ok(lookup.label())

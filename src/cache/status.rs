@@ -1,6 +1,7 @@
 //! What the cache did for one response, as `Cache-Status` (RFC 9211) and the lookup metric's
 //! label. Pure: the hooks gather the facts, this decides the words.
 
+use super::policy::stale::StaleReason;
 use super::policy::Refusal;
 use std::fmt::Write;
 
@@ -38,8 +39,8 @@ pub enum Served {
     Hit { coalesced: bool },
     /// Stale, while a background refresh runs (RFC 5861 stale-while-revalidate).
     StaleWhileRevalidate,
-    /// Stale because the origin failed (stale-if-error).
-    StaleIfError,
+    /// Stale because the origin failed (stale-if-error) or could not be reached.
+    StaleOnError(StaleReason),
     /// Stored, validated by the origin's 304.
     Revalidated,
     /// From the origin; `bypass` when the lookup was skipped.
@@ -93,12 +94,12 @@ pub fn cache_status(f: &Facts) -> (String, Lookup) {
             let _ = write!(s, "hit; ttl={ttl}; detail=stale-while-revalidate");
             Lookup::Stale
         }
-        Served::StaleIfError => {
+        Served::StaleOnError(reason) => {
             s.push_str("fwd=stale");
             if f.upstream_status >= 500 {
                 let _ = write!(s, "; fwd-status={}", f.upstream_status);
             }
-            let _ = write!(s, "; ttl={ttl}; detail=stale-if-error");
+            let _ = write!(s, "; ttl={ttl}; detail={}", reason.label());
             Lookup::Stale
         }
         Served::Revalidated => {
@@ -177,9 +178,17 @@ mod tests {
                 Facts {
                     upstream_status: 503,
                     ttl: -5,
-                    ..facts(Served::StaleIfError)
+                    ..facts(Served::StaleOnError(StaleReason::IfError))
                 },
                 "shellac; fwd=stale; fwd-status=503; ttl=-5; detail=stale-if-error",
+                Lookup::Stale,
+            ),
+            (
+                Facts {
+                    ttl: -5,
+                    ..facts(Served::StaleOnError(StaleReason::Disconnected))
+                },
+                "shellac; fwd=stale; ttl=-5; detail=stale-on-disconnect",
                 Lookup::Stale,
             ),
             (

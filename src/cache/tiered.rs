@@ -54,6 +54,16 @@ impl Tiered {
         l1.max(l2)
     }
 
+    /// The tier a hit handler from [`Tiered::lookup`] reads from: an L2 hit is either
+    /// memcached's own handler (no L1) or wrapped for promotion into L1.
+    pub fn tier_of(&self, hit: &HitHandler) -> &'static str {
+        if self.l1.is_none() || hit.as_any().is::<Promote>() {
+            "memcached"
+        } else {
+            "memory"
+        }
+    }
+
     /// L1 then L2, without fleet coordination.
     async fn lookup_tiers(
         &'static self,
@@ -123,11 +133,20 @@ impl Tiered {
 
     /// Removes `key` and its variants from every tier and, through the purge marker, from every
     /// other node's L1 within `purge_check`. `Err` when the shared tier could not be told.
-    pub async fn purge_all(&'static self, key: &CacheKey) -> std::result::Result<bool, String> {
+    /// Removes every variant from both tiers. `mark`: also write the fleet's purge marker, so
+    /// other nodes drop their memory copies within `purge_check`; without it they keep them
+    /// until they expire (the bound on invalidation markers, see `purge`).
+    pub async fn purge_all(
+        &'static self,
+        key: &CacheKey,
+        mark: bool,
+    ) -> std::result::Result<bool, String> {
         let compact = key.to_compact();
         let mut found = self.l1.is_some_and(|l1| l1.purge_all(&compact));
         if let (Some(l2), Some(fleet)) = (self.l2, &self.fleet) {
-            fleet.mark_purged(key).await?;
+            if mark {
+                fleet.mark_purged(key).await?;
+            }
             let outcome = l2
                 .purge(
                     PurgeTarget::Active(&compact),

@@ -6,9 +6,15 @@ use pingora::http::RequestHeader;
 
 /// The variance key for `req` under the stored response's `Vary`, or `None` without Vary.
 /// Field values are combined across lines and stripped of surrounding whitespace, the
-/// normalisation §4.1 allows; anything beyond that (reordering, case) would merge variants the
-/// origin may distinguish.
-pub fn variance(stored: &http::HeaderMap, req: &RequestHeader) -> Option<HashBinary> {
+/// normalisation §4.1 allows. Fields in `normalize` are lists whose member order, case and
+/// spacing carry no meaning (`Accept-Encoding`, `Accept-Language`: preference is in q-values):
+/// their members are also sorted and lower-cased, so equivalent requests share a variant.
+/// Other fields are not reordered: that could merge variants the origin distinguishes.
+pub fn variance(
+    stored: &http::HeaderMap,
+    req: &RequestHeader,
+    normalize: &[http::HeaderName],
+) -> Option<HashBinary> {
     let mut vb = VarianceBuilder::new();
     for value in stored.get_all(http::header::VARY) {
         for name in value.as_bytes().split(|b| *b == b',') {
@@ -24,10 +30,30 @@ pub fn variance(stored: &http::HeaderMap, req: &RequestHeader) -> Option<HashBin
                 }
                 joined.extend_from_slice(v.as_bytes().trim_ascii());
             }
+            if normalize.iter().any(|n| n.as_str() == name) {
+                joined = normalized_list(&joined);
+            }
             vb.add_owned_name_value(name, joined);
         }
     }
     vb.finalize()
+}
+
+/// List members trimmed, lower-cased, without spaces around `;` and `=`, sorted, deduplicated.
+fn normalized_list(v: &[u8]) -> Vec<u8> {
+    let mut members: Vec<Vec<u8>> = v
+        .split(|b| *b == b',')
+        .map(|m| {
+            m.iter()
+                .filter(|b| !b.is_ascii_whitespace())
+                .map(u8::to_ascii_lowercase)
+                .collect::<Vec<u8>>()
+        })
+        .filter(|m| !m.is_empty())
+        .collect();
+    members.sort();
+    members.dedup();
+    members.join(&b","[..])
 }
 
 #[cfg(test)]
@@ -46,17 +72,40 @@ mod tests {
     fn variants_follow_the_selecting_fields() {
         let mut vary = http::HeaderMap::new();
         vary.insert("vary", "Accept-Encoding, X-Lang".parse().unwrap());
-        let a = variance(&vary, &req(&[("Accept-Encoding", "gzip")]));
-        let b = variance(&vary, &req(&[("accept-encoding", " gzip ")]));
-        let c = variance(&vary, &req(&[("Accept-Encoding", "br")]));
+        let none: &[http::HeaderName] = &[];
+        let a = variance(&vary, &req(&[("Accept-Encoding", "gzip")]), none);
+        let b = variance(&vary, &req(&[("accept-encoding", " gzip ")]), none);
+        let c = variance(&vary, &req(&[("Accept-Encoding", "br")]), none);
         let d = variance(
             &vary,
             &req(&[("Accept-Encoding", "gzip"), ("X-Lang", "fr")]),
+            none,
         );
         assert!(a.is_some());
         assert_eq!(a, b, "whitespace and name case do not matter");
         assert_ne!(a, c);
         assert_ne!(a, d);
-        assert_eq!(variance(&http::HeaderMap::new(), &req(&[])), None);
+        assert_eq!(variance(&http::HeaderMap::new(), &req(&[]), none), None);
+    }
+
+    #[test]
+    fn listed_fields_are_normalised_others_are_not() {
+        let mut vary = http::HeaderMap::new();
+        vary.insert("vary", "Accept-Encoding, X-Lang".parse().unwrap());
+        let ae = [http::header::ACCEPT_ENCODING];
+        let v = |h: &[(&str, &str)]| variance(&vary, &req(h), &ae);
+        assert_eq!(
+            v(&[("Accept-Encoding", "gzip, br")]),
+            v(&[("Accept-Encoding", "BR,gzip")])
+        );
+        assert_eq!(
+            v(&[("Accept-Encoding", "gzip;q=0.5, br")]),
+            v(&[("Accept-Encoding", "br, gzip ; q=0.5")])
+        );
+        assert_ne!(v(&[("X-Lang", "a, b")]), v(&[("X-Lang", "b, a")]));
+        assert_ne!(
+            v(&[("Accept-Encoding", "gzip")]),
+            v(&[("Accept-Encoding", "br")])
+        );
     }
 }

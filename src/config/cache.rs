@@ -26,8 +26,48 @@ pub struct Cache {
     /// Upper bound on heuristic freshness.
     #[serde(default = "secs::<86400>", deserialize_with = "values::duration")]
     pub heuristic_max: Duration,
+    /// RFC 9111 §4.2.4: how long past its freshness a stored response may answer when the
+    /// origin cannot be reached at all (connect failed, closed or reset before answering),
+    /// unless the origin forbade stale. Varnish's default grace; an origin 5xx is governed by
+    /// stale-if-error only.
+    #[serde(default = "secs::<10>", deserialize_with = "values::duration")]
+    pub stale_on_disconnect: Duration,
     /// The shared tier (L2); omit for memory only.
     pub memcached: Option<Memcached>,
+    /// RFC 9213 targeted fields, first present and valid wins over `Cache-Control` for this
+    /// cache's decisions. Put `shellac-cache-control` first for a field only Shellac obeys.
+    #[serde(default = "targeted", deserialize_with = "values::header_names")]
+    pub targeted_fields: Vec<http::HeaderName>,
+    /// Send targeted fields on to clients (they are for caches, so by default they stop here).
+    #[serde(default)]
+    pub forward_targeted_fields: bool,
+    /// Request fields whose list members are normalised (order, case, whitespace) before Vary
+    /// matching, so equivalent requests share a variant.
+    #[serde(default = "vary_normalize", deserialize_with = "values::header_names")]
+    pub vary_normalize: Vec<http::HeaderName>,
+    /// Methods whose successful responses invalidate the stored target URI (RFC 9111 §4.4).
+    /// Exact, case-sensitive names (RFC 9110 §9.1): `post` or an unknown extension method
+    /// invalidates nothing unless listed.
+    #[serde(default = "unsafe_methods")]
+    pub invalidate_on: Vec<String>,
+}
+
+fn unsafe_methods() -> Vec<String> {
+    ["POST", "PUT", "DELETE", "PATCH"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `routes[].client_cache_control`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCacheControl {
+    /// A client's `no-cache`, `max-age` and `Pragma: no-cache` do not force revalidation (as
+    /// Varnish and nginx): otherwise every client could multiply origin load at will.
+    #[default]
+    Ignore,
+    /// They do, and concurrent forced revalidations of one object share one origin request.
+    Honor,
 }
 
 impl Default for Cache {
@@ -118,6 +158,12 @@ pub struct Memcached {
     /// Chunk writes in flight per object being stored.
     #[serde(default = "four")]
     pub write_concurrency: usize,
+    /// Purge markers for invalidations by unsafe methods (§4.4) this node writes to memcached
+    /// per second (a token bucket holding one second's worth). Beyond it the object is removed
+    /// from this node and memcached but other nodes are not told, so a flood of POSTs cannot
+    /// fill the shared tier with markers. PURGE is not limited.
+    #[serde(default = "hundred")]
+    pub invalidations_per_second: u32,
     /// A file of at least 32 secret bytes, the same on every node: every value written to
     /// memcached is then authenticated with a keyed hash and anything else is ignored. Relative
     /// to the config file's directory. Read when the config is loaded, so `-t` checks it.
@@ -145,6 +191,23 @@ impl Cache {
                 "cache.heuristic_fraction",
                 "must be between 0 (off) and 1; RFC 9111 suggests 0.1",
             );
+        }
+        for (i, m) in c.invalidate_on.iter().enumerate() {
+            let p = format!("cache.invalidate_on[{i}]");
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                return err(p, format!("{m:?} is not a method name"));
+            }
+            if matches!(m.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE") {
+                return err(
+                    p,
+                    format!(
+                        "{m} is a safe method and never invalidates (RFC 9111 §4.4); remove it"
+                    ),
+                );
+            }
+            if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                return err(p, format!("methods are case-sensitive (RFC 9110 §9.1) and clients send them in upper case; write {:?}", m.to_ascii_uppercase()));
+            }
         }
         if c.lock_timeout.is_zero() {
             return err("cache.lock_timeout", "must be greater than 0");
@@ -208,6 +271,12 @@ impl Memcached {
         }
         if self.timeout.is_zero() {
             return err(format!("{p}.timeout"), "must be greater than 0");
+        }
+        if self.invalidations_per_second == 0 {
+            return err(
+                format!("{p}.invalidations_per_second"),
+                "must be at least 1; 0 would keep every POST from reaching other nodes",
+            );
         }
         if !(4096..=(128 << 20)).contains(&self.chunk_size) {
             return err(
@@ -277,8 +346,17 @@ fn tenth() -> f64 {
 fn five() -> u32 {
     5
 }
+fn hundred() -> u32 {
+    100
+}
 fn four() -> usize {
     4
+}
+fn targeted() -> Vec<http::HeaderName> {
+    vec![http::HeaderName::from_static("cdn-cache-control")]
+}
+fn vary_normalize() -> Vec<http::HeaderName> {
+    vec![http::header::ACCEPT_ENCODING, http::header::ACCEPT_LANGUAGE]
 }
 fn namespace() -> String {
     "shellac1".into()

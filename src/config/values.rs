@@ -145,6 +145,18 @@ pub fn size_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     usize::try_from(n).map_err(|_| serde::de::Error::custom("too large for this machine"))
 }
 
+/// A list of header field names, lower-cased.
+pub fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<http::HeaderName>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    names
+        .iter()
+        .map(|n| {
+            http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                .map_err(|_| serde::de::Error::custom(format!("{n:?} is not a header field name")))
+        })
+        .collect()
+}
+
 pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     d.deserialize_any(Parse(
         parse_socket_addr,

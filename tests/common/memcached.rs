@@ -278,3 +278,20 @@ pub fn shared() -> SocketAddr {
         addr
     })
 }
+
+/// Waits until the servers together hold at least `n` object heads: the commit point of a fill
+/// in memcached, which runs after the client was answered.
+pub async fn wait_for_heads(servers: &[&Memcached], n: usize) {
+    super::wait_for(
+        &format!("{n} object heads in memcached"),
+        Duration::from_secs(10),
+        || {
+            servers
+                .iter()
+                .map(|m| m.keys().iter().filter(|k| k.contains(":h:")).count())
+                .sum::<usize>()
+                >= n
+        },
+    )
+    .await;
+}

@@ -18,6 +18,38 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shellac");
 
+/// Polls `cond` every 10 ms until it holds, failing the test with `what` after `within`. The one
+/// way tests wait: for a fact (a counter, a key, a log line), never for a fixed time.
+pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `n` deterministic pseudo-random bytes (xorshift64): bodies whose every byte matters.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x = xorshift(x);
+            x as u8
+        })
+        .collect()
+}
+
+/// One xorshift64 step.
+pub fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
 /// A loopback port no other caller in this test process has been given.
 pub fn free_port() -> u16 {
     static ISSUED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -79,6 +111,33 @@ impl Shellac {
         Self::start_with_grace(body, 1).await
     }
 
+    /// As [`Shellac::start`], running `bin` (a binary built on the library, e.g. an example
+    /// with plugins) instead of `shellac`.
+    pub async fn start_bin(bin: &std::path::Path, body: &str) -> Shellac {
+        let dir = temp_dir();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_path = dir.join("shellac.yaml");
+        std::fs::write(&config_path, Self::render(body, &dir, addr, admin, 1)).unwrap();
+        let log = std::fs::File::create(dir.join("shellac.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the binary");
+        let mut s = Shellac {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path,
+        };
+        s.wait_ready().await;
+        s
+    }
+
     /// As [`Shellac::start`], with `pingora.grace_period_seconds` set to `grace`.
     pub async fn start_with_grace(body: &str, grace: u64) -> Shellac {
         let dir = temp_dir();
@@ -105,9 +164,13 @@ impl Shellac {
         grace: u64,
     ) -> String {
         let mut yaml = format!(
-            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"{addr}\"]\n",
+            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\n",
             d = dir.display()
         );
+        // A body with its own `listen:` (e.g. PROXY protocol listeners) uses `{LISTEN}` in it.
+        if !body.lines().any(|l| l.starts_with("listen:")) {
+            yaml.push_str(&format!("listen: [\"{addr}\"]\n"));
+        }
         if !body.contains("admin:") {
             yaml.push_str(&format!("admin: {{listen: \"{admin}\"}}\n"));
         }

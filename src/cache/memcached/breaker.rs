@@ -85,6 +85,10 @@ pub struct Breakers {
 
 impl Breakers {
     pub fn new(labels: &[String], failures_to_open: u32, open_for: Duration) -> Self {
+        // Every server shows as closed from the start, not only after its first change.
+        for l in labels {
+            publish(l, State::Closed { failures: 0 });
+        }
         Breakers {
             servers: labels
                 .iter()

@@ -21,6 +21,8 @@ pub enum Refusal {
     VaryStar,
     /// Neither explicit nor heuristic freshness.
     NoFreshness,
+    /// A 5xx without explicit freshness: an origin failure, not a property of the URL.
+    ServerError,
     /// `no-cache` and nothing to revalidate with.
     NoCache,
     /// Stale on arrival with no validator and no stale window.
@@ -39,22 +41,27 @@ impl Refusal {
             Refusal::SetCookie => "set-cookie",
             Refusal::VaryStar => "vary-star",
             Refusal::NoFreshness => "no-freshness",
+            Refusal::ServerError => "server-error",
             Refusal::NoCache => "no-cache",
             Refusal::Stale => "stale",
         }
     }
 
-    /// The refusal came from the request, not the URL: the Predictor must not remember the
-    /// URL as uncacheable because of it.
+    /// The refusal came from this request or a passing origin failure, not from the URL: the
+    /// Predictor must not remember the URL as uncacheable because of it (a single 500 would
+    /// otherwise turn the URL into a pass-through with no stale copy to fall back on).
     pub fn request_specific(self) -> bool {
         matches!(
             self,
-            Refusal::RequestNoStore | Refusal::Authorization | Refusal::Method
+            Refusal::RequestNoStore
+                | Refusal::Authorization
+                | Refusal::Method
+                | Refusal::ServerError
         )
     }
 
     /// Every reason, for tests and documentation.
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::Method,
         Refusal::Status,
         Refusal::RequestNoStore,
@@ -64,6 +71,7 @@ impl Refusal {
         Refusal::SetCookie,
         Refusal::VaryStar,
         Refusal::NoFreshness,
+        Refusal::ServerError,
         Refusal::NoCache,
         Refusal::Stale,
     ];
