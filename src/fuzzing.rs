@@ -20,6 +20,37 @@ fn split(data: &[u8], sep: u8) -> (&[u8], &[u8]) {
     }
 }
 
+/// `path::normalise` on an arbitrary target: refused, or a normal form that is one (normalising
+/// it again changes nothing), starts with `/`, has no empty or dot segment, and keeps the query.
+pub fn path(data: &[u8]) {
+    let mut target = b"/".to_vec();
+    target.extend_from_slice(data);
+    let Ok(normal) = crate::path::normalise(&target) else {
+        return;
+    };
+    let normal = normal.unwrap_or_else(|| target.clone());
+    let split = |t: &[u8]| {
+        let q = t.iter().position(|b| *b == b'?').unwrap_or(t.len());
+        (t[..q].to_vec(), t[q..].to_vec())
+    };
+    let (path, query) = split(&normal);
+    assert_eq!(query, split(&target).1, "the query is kept byte for byte");
+    assert!(path.starts_with(b"/"));
+    let segs: Vec<&[u8]> = path[1..].split(|b| *b == b'/').collect();
+    for (i, seg) in segs.iter().enumerate() {
+        assert!(*seg != b"." && *seg != b"..", "a dot segment survived");
+        assert!(
+            !seg.is_empty() || i == segs.len() - 1,
+            "an empty segment survived"
+        );
+    }
+    assert_eq!(
+        crate::path::normalise(&normal),
+        Ok(None),
+        "normal form is a fixed point"
+    );
+}
+
 /// `key::build` and `key::path_and_query` on an authority and a request target.
 pub fn cache_key(data: &[u8]) {
     let (authority, target) = split(data, b' ');
@@ -215,6 +246,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn path_normal_form_is_a_fixed_point() {
+        let dict: &[&[u8]] = &[
+            b"/", b"//", b".", b"..", b"./", b"../", b"%2e", b"%2E", b"%2f", b"%00", b"%61",
+            b"%7e", b"%3a", b"%", b"%4", b"?", b"a", b"b", b"~", b"-", b"\xff",
+        ];
+        run("path", path, inputs(4, 6000, dict));
     }
 
     #[test]

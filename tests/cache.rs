@@ -750,10 +750,13 @@ async fn an_age_near_two_to_the_63_neither_panics_nor_stops_later_hits() {
         let r = shellac.get("/huge").await;
         assert_eq!(r.status, 200, "request {i}");
         assert_eq!(r.text(), "body of /huge", "request {i}");
-        assert_eq!(
-            status_of(&r),
-            "shellac; fwd=miss; fwd-status=200; detail=stale",
-            "request {i}: 2^31 s old is past any lifetime, so never stored"
+        // 2^31 s old is past any lifetime: never a fresh hit. (Whether it is kept for a stale
+        // window depends on cache.stale_on_disconnect; either way the stored Age is read again
+        // on the next lookup, the path that panicked on every hit.)
+        assert!(
+            !status_of(&r).contains("hit"),
+            "request {i}: {}",
+            status_of(&r)
         );
     }
     // An Age just under 2^31 with a lifetime just over it is stored, and its hits add the
