@@ -4,6 +4,7 @@
 //! Pingora's cache state machine.
 
 pub mod fleet;
+pub mod invalidation;
 pub mod key;
 pub mod memcached;
 pub mod memory;
@@ -12,6 +13,7 @@ mod promote;
 pub mod purge;
 pub mod status;
 pub mod stored;
+pub mod tags;
 pub mod tiered;
 mod vary;
 
@@ -101,6 +103,8 @@ pub struct Cache {
     on_disconnect: u32,
     vary_normalize: Vec<http::HeaderName>,
     purger: purge::Purger,
+    inv: &'static invalidation::Invalidator,
+    tags: config::Tags,
 }
 
 impl Cache {
@@ -129,6 +133,7 @@ impl Cache {
             purge_check,
         )));
         let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(conf.lock_timeout));
+        let inv = &*Box::leak(Box::new(invalidation::Invalidator::new(l2, purge_check)));
         Cache {
             storage,
             lock,
@@ -147,8 +152,11 @@ impl Cache {
             vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
+                inv,
                 allow: purge_allow,
             },
+            inv,
+            tags: conf.tags.clone(),
         }
     }
 
@@ -259,7 +267,8 @@ impl Cache {
         };
         let (req, h, o) = (session.req_header(), self.heuristic, cx.overrides);
         match policy::storable_with(req, resp, t, h, cx.rule.stale, &self.targeted, o) {
-            Ok(meta) => {
+            Ok(mut meta) => {
+                tags::store(meta.response_header_mut(), &self.tags.header);
                 cx.stored = true;
                 RespCacheable::Cacheable(meta)
             }
@@ -277,8 +286,9 @@ impl Cache {
         }
     }
 
-    /// `cache_hit_filter`: the client's own freshness demands (§5.2.1).
-    pub fn on_hit(
+    /// `cache_hit_filter`: purge markers (tag, host, prefix, all), then the client's own
+    /// freshness demands (§5.2.1).
+    pub async fn on_hit(
         &self,
         session: &Session,
         meta: &CacheMeta,
@@ -286,6 +296,7 @@ impl Cache {
         cx: &mut CacheCtx,
     ) -> Option<pingora::cache::ForcedFreshness> {
         cx.tier = Some(self.storage.tier_of(hit));
+        let marked = self.inv.on_hit(session.req_header(), meta).await;
         let forced = policy::on_hit(
             session.req_header(),
             meta,
@@ -293,7 +304,15 @@ impl Cache {
             &self.targeted,
         );
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
-        forced
+        match marked {
+            Some(pingora::cache::ForcedFreshness::ForceMiss) => marked,
+            _ => forced.or(marked),
+        }
+    }
+
+    /// What `POST /purge` on the admin listener acts on.
+    pub fn purge_handle(&self) -> (&'static Tiered, &'static invalidation::Invalidator) {
+        (self.storage, self.inv)
     }
 
     /// `response_filter`: `Age` on responses served from storage, `Cache-Status` on every
@@ -311,6 +330,7 @@ impl Cache {
                 resp.remove_header(name);
             }
         }
+        tags::deliver(resp, &self.tags.header, self.tags.expose);
         if !cx.enabled {
             let (value, lookup) = status::uncached(cx.rule.enabled);
             resp.insert_header("cache-status", value)?;

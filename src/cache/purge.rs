@@ -14,6 +14,7 @@ use pingora::Result;
 
 pub struct Purger {
     pub(super) storage: &'static Tiered,
+    pub(super) inv: &'static super::invalidation::Invalidator,
     pub(super) allow: Vec<Cidr>,
 }
 
@@ -30,11 +31,7 @@ impl Purger {
         let (code, result) = if !allowed {
             (403, "forbidden")
         } else {
-            match self
-                .storage
-                .purge_all(&key::for_request(session.req_header()))
-                .await
-            {
+            match self.by_headers(session.req_header()).await {
                 Ok(true) => (200, "purged"),
                 Ok(false) => (404, "not_found"),
                 Err(e) => {
@@ -54,6 +51,27 @@ impl Purger {
         resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         session.write_response_header(Box::new(resp), true).await
+    }
+
+    /// `Shellac-Purge-Tags: a b` purges those tags instead of the URL; `Shellac-Purge-Soft: 1`
+    /// marks stale instead of removing (see [`super::invalidation`]).
+    async fn by_headers(&self, req: &pingora::http::RequestHeader) -> Result<bool, String> {
+        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let soft = header("shellac-purge-soft").is_some_and(|v| v.trim() == "1");
+        let Some(list) = header("shellac-purge-tags") else {
+            return super::invalidation::url::purge(self.storage, &key::for_request(req), soft)
+                .await;
+        };
+        let tags: Vec<&str> = list.split([' ', ',']).filter(|t| !t.is_empty()).collect();
+        if tags.is_empty() || tags.len() > super::invalidation::MAX_ITEMS {
+            return Ok(false);
+        }
+        for t in tags {
+            self.inv
+                .purge(&super::invalidation::Target::Tag(t.to_string()), soft)
+                .await?;
+        }
+        Ok(true)
     }
 
     /// §4.4: after an unsafe method's non-error response, the target URI and same-origin

@@ -8,9 +8,10 @@
 mod cache;
 mod mirror;
 pub mod rules;
+pub mod secret;
 pub(crate) mod values;
 
-pub use cache::{Cache, Memcached, Memory, MAX_CHUNKS};
+pub use cache::{Cache, Memcached, Memory, Tags, MAX_CHUNKS};
 pub use mirror::{Compare, MirrorLimits, MirrorLog, RouteMirror};
 pub use values::{parse_duration, parse_size, Cidr};
 
@@ -136,6 +137,9 @@ pub struct Admin {
     /// Clients allowed to send PURGE on the public listener, by their TCP peer address.
     #[serde(default = "loopback", deserialize_with = "values::cidrs")]
     pub purge_allow: Vec<Cidr>,
+    /// The bearer token for `POST /purge`; without it only loopback clients may purge there.
+    #[serde(default, deserialize_with = "secret::file")]
+    pub purge_token_file: Option<secret::Secret>,
 }
 
 fn loopback() -> Vec<Cidr> {

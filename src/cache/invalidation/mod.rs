@@ -1,0 +1,254 @@
+//! Invalidation by tag, host, host + path prefix and everything, hard (gone) or soft (stale),
+//! fleet-wide and O(1): a purge writes one small marker ([`marks::Marks`]: the times of the last
+//! hard and soft purge) per name, never touching the objects. A hit checks the markers that
+//! apply to its object (its tags, host, matching prefixes, "all") against the time it was
+//! stored: hard-purged since ⇒ a miss, soft-purged since ⇒ stale (Pingora revalidates with the
+//! stored validators, or serves stale within stale-while-revalidate / stale-if-error).
+//!
+//! With memcached the markers live there ([`remote`]), so every node, including one started
+//! after the purge, sees them; each node caches what it read for `purge_check`, so hits do not
+//! pay a round trip each (the same bound URL purges have). Memory tier alone: the markers live
+//! in this process.
+
+pub mod marks;
+mod remote;
+pub mod url;
+
+use super::memcached::MemcachedStorage;
+use crate::authority::Authority;
+use crate::metrics;
+use marks::{Marks, Registry, Verdict};
+use parking_lot::Mutex;
+use pingora::cache::{CacheMeta, ForcedFreshness};
+use pingora::http::RequestHeader;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The most names one purge request may carry (tags, hosts, prefixes and URLs together).
+pub const MAX_ITEMS: usize = 256;
+/// Cached marker reads per node before stale ones are dropped (they are re-read on need).
+const CACHE_MAX: usize = 65536;
+
+/// What a purge names, besides exact URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    All,
+    Host(String),
+    Tag(String),
+    /// A normalised host and a path prefix starting with `/`.
+    Prefix {
+        host: String,
+        path: String,
+    },
+}
+
+impl Target {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::All => "all",
+            Target::Host(_) => "host",
+            Target::Tag(_) => "tag",
+            Target::Prefix { .. } => "prefix",
+        }
+    }
+
+    /// The marker item's name (a prefix is recorded in its host's registry).
+    fn item(&self) -> String {
+        match self {
+            Target::All => "all".into(),
+            Target::Host(h) => format!("h:{h}"),
+            Target::Tag(t) => format!("t:{t}"),
+            Target::Prefix { host, .. } => format!("x:{host}"),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Value {
+    Marks(Marks),
+    Registry(Arc<Registry>),
+}
+
+pub struct Invalidator {
+    l2: Option<&'static MemcachedStorage>,
+    purge_check: Duration,
+    /// Item name → its value and when it was read (memory-only: the authority itself).
+    cache: Mutex<HashMap<String, (Value, Instant)>>,
+}
+
+impl Invalidator {
+    pub fn new(l2: Option<&'static MemcachedStorage>, purge_check: Duration) -> Invalidator {
+        Invalidator {
+            l2,
+            purge_check,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `cache_hit_filter`: what the markers make of this hit. `ForceMiss` when hard-purged,
+    /// `ForceExpiredServeStale` (stale since the purge) when soft-purged while fresh.
+    pub async fn on_hit(&self, req: &RequestHeader, meta: &CacheMeta) -> Option<ForcedFreshness> {
+        let authority = Authority::of(req);
+        let path = super::key::path_and_query(req);
+        let tags = super::tags::of_stored(meta.response_header());
+        match self
+            .check(authority.host(), path, tags, meta.updated())
+            .await
+        {
+            Verdict::Keep => None,
+            Verdict::Purged => {
+                metrics::CACHE_INVALIDATED_ON_LOOKUP
+                    .with_label_values(&["purged"])
+                    .inc();
+                Some(ForcedFreshness::ForceMiss)
+            }
+            Verdict::Stale(at) if meta.fresh_until() > at => {
+                metrics::CACHE_INVALIDATED_ON_LOOKUP
+                    .with_label_values(&["stale"])
+                    .inc();
+                Some(ForcedFreshness::ForceExpiredServeStale {
+                    expired_at: Some(at),
+                })
+            }
+            Verdict::Stale(_) => None, // already stale by its own clock
+        }
+    }
+
+    /// The verdict for an object of `host` + `path` with `tags`, stored at `stored`.
+    pub async fn check<'a>(
+        &self,
+        host: &str,
+        path: &[u8],
+        tags: impl Iterator<Item = &'a str>,
+        stored: SystemTime,
+    ) -> Verdict {
+        let mut names = vec!["all".to_string(), format!("h:{host}"), format!("x:{host}")];
+        names.extend(tags.map(|t| format!("t:{t}")));
+        let now = Instant::now();
+        let mut total = Marks::default();
+        let mut due: Vec<(String, Option<Value>)> = Vec::new();
+        {
+            let cache = self.cache.lock();
+            for n in names {
+                match cache.get(&n) {
+                    Some((v, at)) if self.l2.is_none() || now - *at < self.purge_check => {
+                        total = total.merge(apply(v, path));
+                    }
+                    Some((v, _)) => due.push((n, Some(v.clone()))),
+                    None if self.l2.is_none() => {}
+                    None => due.push((n, None)),
+                }
+            }
+        }
+        if let (Some(l2), false) = (self.l2, due.is_empty()) {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, (n, _)) in due.iter().enumerate() {
+                let n = n.clone();
+                set.spawn(async move { (i, remote::read(l2, &n).await) });
+            }
+            let mut fresh: Vec<Option<Value>> = vec![None; due.len()];
+            while let Some(Ok((i, r))) = set.join_next().await {
+                match r {
+                    Ok(item) => fresh[i] = Some(decode(&due[i].0, item.map(|(v, _)| v))),
+                    // memcached cannot tell: go by what was last read, ask again next time.
+                    Err(e) => log::debug!("invalidation marker {}: {e}", due[i].0),
+                }
+            }
+            let mut cache = self.cache.lock();
+            if cache.len() > CACHE_MAX {
+                let limit = self.purge_check;
+                cache.retain(|_, (_, at)| now - *at < limit);
+            }
+            for ((n, old), new) in due.into_iter().zip(fresh) {
+                match new {
+                    Some(v) => {
+                        total = total.merge(apply(&v, path));
+                        cache.insert(n, (v, now));
+                    }
+                    None => {
+                        if let Some(v) = old {
+                            total = total.merge(apply(&v, path));
+                        }
+                    }
+                }
+            }
+        }
+        total.verdict(stored)
+    }
+
+    /// Records a purge of `target` now: in memcached first (every node), then here. `Err`
+    /// when memcached could not be told; nothing was recorded for this target then.
+    pub async fn purge(&self, target: &Target, soft: bool) -> Result<(), String> {
+        let m = Marks::now(soft);
+        let name = target.item();
+        let value = match (self.l2, target) {
+            (Some(l2), Target::Prefix { path, .. }) => {
+                let written = remote::update(l2, &name, |cur| {
+                    let mut r = cur.and_then(Registry::decode).unwrap_or_default();
+                    r.add(path, m)?;
+                    Ok(r.encode().into_bytes())
+                })
+                .await?;
+                decode(&name, Some(written))
+            }
+            (Some(l2), _) => {
+                let written = remote::update(l2, &name, |cur| {
+                    let old = cur.and_then(Marks::decode).unwrap_or_default();
+                    Ok(old.merge(m).encode().into_bytes())
+                })
+                .await?;
+                decode(&name, Some(written))
+            }
+            (None, Target::Prefix { path, .. }) => {
+                let mut r = match self.cache.lock().get(&name) {
+                    Some((Value::Registry(r), _)) => (**r).clone(),
+                    _ => Registry::default(),
+                };
+                r.add(path, m)?;
+                Value::Registry(Arc::new(r))
+            }
+            (None, _) => {
+                let old = match self.cache.lock().get(&name) {
+                    Some((Value::Marks(o), _)) => *o,
+                    _ => Marks::default(),
+                };
+                Value::Marks(old.merge(m))
+            }
+        };
+        self.cache.lock().insert(name, (value, Instant::now()));
+        metrics::CACHE_INVALIDATIONS
+            .with_label_values(&[target.kind(), if soft { "soft" } else { "hard" }])
+            .inc();
+        Ok(())
+    }
+}
+
+fn apply(v: &Value, path: &[u8]) -> Marks {
+    match v {
+        Value::Marks(m) => *m,
+        Value::Registry(r) => r.marks_for(path),
+    }
+}
+
+fn decode(name: &str, item: Option<Vec<u8>>) -> Value {
+    let Some(v) = item else {
+        return if name.starts_with("x:") {
+            Value::Registry(Arc::default())
+        } else {
+            Value::Marks(Marks::default())
+        };
+    };
+    if name.starts_with("x:") {
+        let r = Registry::decode(&v).unwrap_or_else(|| {
+            log::warn!("invalidation: unreadable prefix registry {name}; ignored");
+            Registry::default()
+        });
+        Value::Registry(Arc::new(r))
+    } else {
+        Value::Marks(Marks::decode(&v).unwrap_or_else(|| {
+            log::warn!("invalidation: unreadable marker {name}; ignored");
+            Marks::default()
+        }))
+    }
+}
