@@ -63,6 +63,7 @@ pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Se
         let probe = background_service("memcached probe", crate::cache::Probe(l2));
         server.add_service(probe);
     }
+    crate::admin::purge::install(cache.purge_handle(), admin.purge_token_file.clone());
     let proxy = Proxy::new(router, groups, cache, limits.clone());
     let mirror = crate::mirror::Mirror::new(&routes, &mirror_limits, |n| {
         names.iter().position(|k| *k == n).expect("validated")

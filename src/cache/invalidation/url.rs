@@ -15,6 +15,10 @@ use std::time::SystemTime;
 
 /// `Ok(found)`; `Err` when memcached could not be told (this node's copy is handled anyway).
 pub async fn purge(tiered: &'static Tiered, key: &CacheKey, soft: bool) -> Result<bool, String> {
+    let mode = if soft { "soft" } else { "hard" };
+    crate::metrics::CACHE_INVALIDATIONS
+        .with_label_values(&["url", mode])
+        .inc();
     if !soft {
         return tiered.purge_all(key).await;
     }
