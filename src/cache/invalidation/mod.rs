@@ -92,10 +92,10 @@ impl Invalidator {
         let authority = Authority::of(req);
         let path = super::key::path_and_query(req);
         let tags = super::tags::of_stored(meta.response_header());
-        match self
-            .check(authority.host(), path, tags, meta.updated())
-            .await
-        {
+        // When the origin last vouched for it: `updated` after a revalidation (the memory tier
+        // carries it as the epoch override).
+        let stored = meta.epoch().max(meta.updated());
+        match self.check(authority.host(), path, tags, stored).await {
             Verdict::Keep => None,
             Verdict::Purged => {
                 metrics::CACHE_INVALIDATED_ON_LOOKUP
