@@ -436,3 +436,80 @@ async fn the_purge_method_takes_tags_and_soft_and_the_cli_reports_by_exit_status
     let (code, _) = cli(&["--admin", "127.0.0.1:1", "--all"]);
     assert_eq!(code, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_soft_url_purge_keeps_the_body_for_a_304_and_hard_url_purges_still_work() {
+    let mc = Memcached::start();
+    let revalidations = Arc::new(AtomicUsize::new(0));
+    let r2 = revalidations.clone();
+    let origin = Origin::start(move |req: &Request| {
+        let cc = "max-age=300, stale-while-revalidate=60";
+        if req.header("if-none-match") == Some("\"e\"") {
+            r2.fetch_add(1, Ordering::SeqCst);
+            return Reply::new(304, "")
+                .header("ETag", "\"e\"")
+                .header("Cache-Control", cc);
+        }
+        Reply::ok(format!("body of {}", req.path()))
+            .header("ETag", "\"e\"")
+            .header("Cache-Control", cc)
+    })
+    .await;
+    let node = Shellac::start(&mc_config(&origin, &[&mc], "")).await;
+    node.get("/soft").await;
+    node.get("/hard").await;
+    common::memcached::wait_for_heads(&[&mc], 2).await;
+    let r = node
+        .request("PURGE", "/soft", &[("Shellac-Purge-Soft", "1")])
+        .await;
+    assert_eq!(r.status, 200);
+    let r = node.get("/soft").await;
+    assert_eq!(r.text(), "body of /soft");
+    let cs = r.header("cache-status").unwrap_or("").to_string();
+    assert!(cs.contains("stale-while-revalidate"), "{cs}");
+    common::wait_for("one revalidation", Duration::from_secs(5), || {
+        revalidations.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let (s, v) = post(node.admin, r#"{"urls": ["http://test/hard"]}"#, None).await;
+    assert_eq!(
+        (s, &v["results"][0]["result"]),
+        (200, &"purged".into()),
+        "{v}"
+    );
+    let r = node.get("/hard").await;
+    assert!(!is_hit(&r), "{:?}", r.header("cache-status"));
+    assert_eq!(origin.count_path("/soft"), 2, "one fill, one revalidation");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_memcached_down_a_fleet_purge_answers_503_and_says_what_failed() {
+    let mut mc = Memcached::start();
+    let origin = Origin::start(tagged(Arc::new(AtomicUsize::new(1)))).await;
+    let node = Shellac::start(&mc_config(&origin, &[&mc], "")).await;
+    mc.kill();
+    let (s, v) = post(node.admin, r#"{"tags": ["t"], "hosts": ["test"]}"#, None).await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["failed"], 2, "{v}");
+    assert_eq!(v["results"][0]["result"], "failed", "{v}");
+    assert!(v["results"][0]["error"].is_string(), "{v}");
+    let r = node
+        .request("PURGE", "/x", &[("Shellac-Purge-Tags", "t")])
+        .await;
+    assert_eq!(r.status, 503);
+    let (code, _) = {
+        let out = std::process::Command::new(common::BIN)
+            .args(["purge", "--admin", &node.admin.to_string(), "--tag", "t"])
+            .output()
+            .unwrap();
+        (out.status.code(), ())
+    };
+    assert_eq!(code, Some(1));
+    let unavailable = node
+        .metric(
+            "shellac_purge_api_errors_total",
+            &[("reason", "unavailable")],
+        )
+        .await;
+    assert_eq!(unavailable, 2.0);
+}

@@ -123,6 +123,9 @@ impl Invalidator {
         tags: impl Iterator<Item = &'a str>,
         stored: SystemTime,
     ) -> Verdict {
+        if self.l2.is_none() && self.cache.lock().is_empty() {
+            return Verdict::Keep; // memory only and nothing ever purged: the common case
+        }
         let mut names = vec!["all".to_string(), format!("h:{host}"), format!("x:{host}")];
         names.extend(tags.map(|t| format!("t:{t}")));
         let now = Instant::now();
@@ -250,5 +253,39 @@ fn decode(name: &str, item: Option<Vec<u8>>) -> Value {
             log::warn!("invalidation: unreadable marker {name}; ignored");
             Marks::default()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_only_markers_apply_at_once_to_what_they_name() {
+        let inv = Invalidator::new(None, Duration::from_millis(500));
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let check = |host: &'static str, path: &'static str, tags: &'static [&'static str]| {
+            inv.check(host, path.as_bytes(), tags.iter().copied(), before)
+        };
+        assert_eq!(check("a", "/x", &["t"]).await, Verdict::Keep);
+        inv.purge(&Target::Tag("t".into()), true).await.unwrap();
+        assert!(matches!(check("a", "/x", &["t"]).await, Verdict::Stale(_)));
+        assert_eq!(check("a", "/x", &["u"]).await, Verdict::Keep);
+        let prefix = Target::Prefix {
+            host: "a".into(),
+            path: "/s/".into(),
+        };
+        inv.purge(&prefix, false).await.unwrap();
+        assert_eq!(check("a", "/s/1", &[]).await, Verdict::Purged);
+        assert_eq!(check("a", "/t/1", &[]).await, Verdict::Keep);
+        assert_eq!(check("b", "/s/1", &[]).await, Verdict::Keep);
+        inv.purge(&Target::Host("b".into()), false).await.unwrap();
+        assert_eq!(check("b", "/t/1", &[]).await, Verdict::Purged);
+        inv.purge(&Target::All, false).await.unwrap();
+        assert_eq!(check("c", "/", &[]).await, Verdict::Purged);
+        // Stored after the purges: untouched.
+        let after = SystemTime::now() + Duration::from_millis(5);
+        let v = inv.check("c", b"/", ["t"].into_iter(), after).await;
+        assert_eq!(v, Verdict::Keep);
     }
 }
