@@ -132,10 +132,18 @@ async fn a_tag_purge_on_one_node_stops_every_node_serving_the_tag_and_spares_the
             );
         }
     }
-    // At most one refetch per node holding a memory copy of a tagged object; none for the rest.
+    // One refetch per tagged object for the whole fleet; none for the rest.
     assert_eq!(origin.count_path("/u/1") + origin.count_path("/plain"), 2);
-    let refetched = origin.count_path("/t/1") - 1;
-    assert!((1..=3).contains(&refetched), "{refetched}");
+    assert_eq!(
+        origin.count_path("/t/1"),
+        2,
+        "one fill, one refetch fleet-wide"
+    );
+    assert_eq!(
+        origin.count_path("/t/2"),
+        2,
+        "one fill, one refetch fleet-wide"
+    );
     let purged = nodes[1]
         .metric(
             "shellac_cache_invalidated_on_lookup_total",
@@ -512,4 +520,53 @@ async fn with_memcached_down_a_fleet_purge_answers_503_and_says_what_failed() {
         )
         .await;
     assert_eq!(unavailable, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_soft_purge_on_a_fleet_revalidates_once_and_the_other_node_picks_up_the_refresh() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let revalidations = Arc::new(AtomicUsize::new(0));
+    let r2 = revalidations.clone();
+    let origin = Origin::start(move |req: &Request| {
+        let cc = "max-age=300, stale-while-revalidate=60";
+        if req.header("if-none-match") == Some("\"f\"") {
+            r2.fetch_add(1, Ordering::SeqCst);
+            return Reply::new(304, "")
+                .header("ETag", "\"f\"")
+                .header("Cache-Control", cc);
+        }
+        Reply::ok("fleet body")
+            .header("ETag", "\"f\"")
+            .header("Surrogate-Key", "fleet")
+            .header("Cache-Control", cc)
+    })
+    .await;
+    let config = mc_config(&origin, &[&a, &b], "");
+    let nodes = [Shellac::start(&config).await, Shellac::start(&config).await];
+    nodes[0].get("/f").await;
+    common::memcached::wait_for_heads(&[&a, &b], 1).await;
+    assert!(is_hit(&nodes[1].get("/f").await)); // now in node 1's memory tier too
+    let (s, _) = post(nodes[0].admin, r#"{"tags": ["fleet"], "soft": true}"#, None).await;
+    assert_eq!(s, 200);
+    let r = nodes[0].get("/f").await;
+    assert_eq!(r.text(), "fleet body");
+    assert!(r.header("cache-status").unwrap_or("").contains("stale"));
+    common::wait_for("one revalidation", Duration::from_secs(5), || {
+        revalidations.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // node 1's markers are re-read
+    for n in &nodes {
+        for _ in 0..3 {
+            let r = n.get("/f").await;
+            assert_eq!(r.text(), "fleet body");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        revalidations.load(Ordering::SeqCst),
+        1,
+        "one revalidation fleet-wide"
+    );
+    assert!(is_hit(&nodes[1].get("/f").await));
 }

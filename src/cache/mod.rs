@@ -134,6 +134,7 @@ impl Cache {
         )));
         let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(conf.lock_timeout));
         let inv = &*Box::leak(Box::new(invalidation::Invalidator::new(l2, purge_check)));
+        invalidation::install(inv);
         Cache {
             storage,
             lock,

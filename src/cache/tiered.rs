@@ -12,6 +12,7 @@
 //! - memcached down: every L2 step fails fast (breaker) and the node behaves as memory-only.
 
 use super::fleet::Fleet;
+use super::invalidation::{self as inv, marks::Verdict};
 use super::memcached::MemcachedStorage;
 use super::memory::{MemoryStore, StoredMeta};
 use super::promote::Promote;
@@ -76,7 +77,8 @@ impl Tiered {
         let mut stale_l1 = None;
         if let Some(l1) = self.l1 {
             if let Some(e) = l1.entry(key) {
-                let mut purged = false;
+                let v = inv::verdict(key, e.header(), e.updated()).await;
+                let mut purged = v == Verdict::Purged;
                 if let (Some(fleet), true) = (&self.fleet, e.check_due(now, self.purge_check)) {
                     match fleet.purged_since(key, e.created()).await {
                         Some(true) => purged = true,
@@ -86,7 +88,7 @@ impl Tiered {
                 }
                 if purged {
                     l1.remove_key(key);
-                } else if e.is_fresh(now) || self.l2.is_none() {
+                } else if (e.is_fresh(now) && v == Verdict::Keep) || self.l2.is_none() {
                     return Ok(Some(MemoryStore::hit(&e)));
                 } else {
                     stale_l1 = Some(e);
@@ -96,12 +98,15 @@ impl Tiered {
         if let Some(l2) = self.l2 {
             match l2.lookup(key, trace).await {
                 Ok(Some((meta, hit))) => {
+                    let purged = inv::purged(key, meta.response_header(), meta.updated()).await;
                     if let Some(e) = &stale_l1 {
-                        if meta.updated() <= e.updated() {
+                        if purged || meta.updated() <= e.updated() {
                             return Ok(Some(MemoryStore::hit(e)));
                         }
                     }
-                    return Ok(Some(self.promote(key, meta, hit)));
+                    if !purged {
+                        return Ok(Some(self.promote(key, meta, hit)));
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => log::debug!("L2 lookup failed, trying the origin: {e}"),

@@ -5,6 +5,10 @@
 //! stored: hard-purged since ⇒ a miss, soft-purged since ⇒ stale (Pingora revalidates with the
 //! stored validators, or serves stale within stale-while-revalidate / stale-if-error).
 //!
+//! The storage's lookup skips hard-purged copies on both tiers (so the refetch is coalesced
+//! fleet-wide like any miss, and a soft-purged memory copy yields to a newer memcached one); the
+//! hit filter applies soft purges.
+//!
 //! With memcached the markers live there ([`remote`]), so every node, including one started
 //! after the purge, sees them; each node caches what it read for `purge_check`, so hits do not
 //! pay a round trip each (the same bound URL purges have). Memory tier alone: the markers live
@@ -19,16 +23,62 @@ use crate::authority::Authority;
 use crate::metrics;
 use marks::{Marks, Registry, Verdict};
 use parking_lot::Mutex;
+use pingora::cache::key::CacheKey;
 use pingora::cache::{CacheMeta, ForcedFreshness};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The most names one purge request may carry (tags, hosts, prefixes and URLs together).
 pub const MAX_ITEMS: usize = 256;
 /// Cached marker reads per node before stale ones are dropped (they are re-read on need).
 const CACHE_MAX: usize = 65536;
+
+/// The process's invalidator, for the storage's lookups (process-wide, like the metrics).
+static GLOBAL: OnceLock<&'static Invalidator> = OnceLock::new();
+
+/// Makes `inv` the one [`verdict`] consults. The first call wins.
+pub fn install(inv: &'static Invalidator) {
+    let _ = GLOBAL.set(inv);
+}
+
+/// For a storage lookup: the markers' verdict on the object stored at `key` with `header`,
+/// last validated at `stored`. A hard-purged copy is skipped there (so the fleet coalesces the
+/// refetch); soft purges are applied by [`Invalidator::on_hit`].
+pub async fn verdict(key: &CacheKey, header: &ResponseHeader, stored: SystemTime) -> Verdict {
+    let (Some(inv), Some((host, path))) = (GLOBAL.get(), parts(key.primary_key())) else {
+        return Verdict::Keep;
+    };
+    let v = inv
+        .check(host, path, super::tags::of_stored(header), stored)
+        .await;
+    if v == Verdict::Purged {
+        metrics::CACHE_INVALIDATED_ON_LOOKUP
+            .with_label_values(&["purged"])
+            .inc();
+    }
+    v
+}
+
+/// [`verdict`] is [`Verdict::Purged`].
+pub async fn purged(key: &CacheKey, header: &ResponseHeader, stored: SystemTime) -> bool {
+    verdict(key, header, stored).await == Verdict::Purged
+}
+
+/// Host and path-and-query from a primary key built by [`super::key::of`] (length-prefixed
+/// scheme, host, port, path).
+fn parts(primary: &[u8]) -> Option<(&str, &[u8])> {
+    let mut fields = [&[][..]; 4];
+    let mut rest = primary;
+    for f in &mut fields {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let n = u32::from_be_bytes(*len) as usize;
+        *f = tail.get(..n)?;
+        rest = &tail[n..];
+    }
+    Some((std::str::from_utf8(fields[1]).ok()?, fields[3]))
+}
 
 /// What a purge names, besides exact URLs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,12 +147,8 @@ impl Invalidator {
         let stored = meta.epoch().max(meta.updated());
         match self.check(authority.host(), path, tags, stored).await {
             Verdict::Keep => None,
-            Verdict::Purged => {
-                metrics::CACHE_INVALIDATED_ON_LOOKUP
-                    .with_label_values(&["purged"])
-                    .inc();
-                Some(ForcedFreshness::ForceMiss)
-            }
+            // Normally skipped by the lookup already (counted there); a purge racing this hit.
+            Verdict::Purged => Some(ForcedFreshness::ForceMiss),
             Verdict::Stale(at) if meta.fresh_until() > at => {
                 metrics::CACHE_INVALIDATED_ON_LOOKUP
                     .with_label_values(&["stale"])
@@ -259,6 +305,16 @@ fn decode(name: &str, item: Option<Vec<u8>>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_and_path_come_back_out_of_the_cache_key() {
+        let k = crate::cache::key::build("Example.com:8080", b"/a/b?c");
+        assert_eq!(
+            parts(k.primary_key()),
+            Some(("example.com", &b"/a/b?c"[..]))
+        );
+        assert_eq!(parts(b"\0\0\0\x09short"), None);
+    }
 
     #[tokio::test]
     async fn memory_only_markers_apply_at_once_to_what_they_name() {
