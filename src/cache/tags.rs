@@ -89,6 +89,10 @@ mod tests {
         let mut m = ResponseHeader::build(200, None).unwrap();
         m.append_header("surrogate-key", many.join(" ")).unwrap();
         assert_eq!(from_origin(&m, "Surrogate-Key").len(), MAX_PER_OBJECT);
+        let mut exposed = h.clone();
+        deliver(&mut exposed, "Surrogate-Key", true);
+        assert!(exposed.headers.get(INTERNAL).is_none());
+        assert!(exposed.headers.get("surrogate-key").is_some());
         deliver(&mut h, "Surrogate-Key", false);
         assert!(h.headers.get(INTERNAL).is_none() && h.headers.get("cache-tag").is_none());
         assert!(h.headers.get("surrogate-key").is_none());
