@@ -570,3 +570,77 @@ async fn a_soft_purge_on_a_fleet_revalidates_once_and_the_other_node_picks_up_th
     );
     assert!(is_hit(&nodes[1].get("/f").await));
 }
+
+/// Writes `value` under every key in one pipelined connection (quiet sets, then a no-op to
+/// know they all landed).
+fn plant(mc: &Memcached, keys: impl Iterator<Item = String>, value: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(mc.addr).unwrap();
+    let mut w = std::io::BufWriter::new(stream.try_clone().unwrap());
+    for k in keys {
+        write!(w, "ms {k} {} T0 q\r\n", value.len()).unwrap();
+        w.write_all(value).unwrap();
+        w.write_all(b"\r\n").unwrap();
+    }
+    w.write_all(b"mn\r\n").unwrap();
+    w.flush().unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), "MN", "a planted set failed: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_on_a_hundred_thousand_cached_objects_is_purged_in_two_memcached_operations() {
+    use pingora::cache::key::CacheHashKey;
+    const N: usize = 100_000;
+    let mc = Memcached::start();
+    let origin = Origin::start(|_req: &Request| {
+        Reply::ok("bulk body")
+            .header("Cache-Control", "max-age=3600")
+            .header("Surrogate-Key", "bulk")
+    })
+    .await;
+    let node = Shellac::start(&mc_config(&origin, &[&mc], "")).await;
+    // One real fill; its head, byte for byte, becomes the head of 99,999 more URLs (the head
+    // names no URL, so each is a valid cached object of its own key).
+    node.get("/b/0").await;
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    let head_key = mc.keys().into_iter().find(|k| k.contains(":h:")).unwrap();
+    let head = mc.get(&head_key).unwrap();
+    let ns = head_key.split(":h:").next().unwrap().to_string();
+    let key_of = |i: usize| {
+        let hex = shellac::cache::key::build("test", format!("/b/{i}").as_bytes()).combined();
+        format!("{ns}:h:{hex}")
+    };
+    assert_eq!(key_of(0), head_key);
+    plant(&mc, (1..N).map(key_of), &head);
+    assert!(mc.stat("curr_items") >= N as u64);
+    let samples = [1, 4_242, 50_000, N - 1];
+    for i in samples {
+        let r = node.get(&format!("/b/{i}")).await;
+        assert!(
+            is_hit(&r),
+            "/b/{i} planted but {:?}",
+            r.header("cache-status")
+        );
+        assert_eq!(r.text(), "bulk body");
+    }
+    assert_eq!(origin.count(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = mc_ops(&[&mc]);
+    let t0 = Instant::now();
+    let (status, body) = post(node.admin, r#"{"tags": ["bulk"]}"#, None).await;
+    let took = t0.elapsed();
+    let ops = mc_ops(&[&mc]) - before;
+    assert_eq!(status, 200, "{body}");
+    eprintln!("{N} objects under one tag: purge took {took:?} and {ops} memcached operations");
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    assert_eq!(ops, 2, "a get and a set of the tag's marker");
+    for i in samples {
+        assert!(
+            !is_hit(&node.get(&format!("/b/{i}")).await),
+            "/b/{i} survived"
+        );
+    }
+    assert_eq!(origin.count(), 1 + samples.len());
+}
