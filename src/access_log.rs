@@ -13,7 +13,8 @@
 //! 2025-03-01T12:00:00.123Z 127.0.0.1 GET example.com /a?b=1 200 5120 0.003120 127.0.0.1:9001 - static+cors 3f9a1c0b7e42-1a
 //! ```
 //!
-//! `time` is when the request arrived (UTC, ms), `bytes` the response body bytes sent to the
+//! `client` is the real client ([`crate::client`]: the PROXY source, or what trusted proxies
+//! vouch for), `time` is when the request arrived (UTC, ms), `bytes` the response body bytes sent to the
 //! client, `duration` seconds from request arrival to the last byte, `status` 0 when no response
 //! was sent, `rules` the names of the rules and plugins that applied, joined by `+`.
 //!
@@ -41,6 +42,7 @@ const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// What the proxy knows about a request beyond the session itself.
 pub struct Facts<'a> {
+    pub client: Option<std::net::IpAddr>,
     pub status: u16,
     pub started: Instant,
     pub upstream: Option<&'a SocketAddr>,
@@ -129,9 +131,9 @@ fn format_line(session: &Session, f: &Facts, now: SystemTime) -> String {
     let mut line = String::with_capacity(256);
     write_time(&mut line, now.checked_sub(elapsed).unwrap_or(now));
     line.push(' ');
-    match session.client_addr().and_then(|a| a.as_inet()) {
-        Some(a) => {
-            let _ = write!(line, "{}", a.ip());
+    match f.client {
+        Some(ip) => {
+            let _ = write!(line, "{ip}");
         }
         None => line.push('-'),
     }

@@ -41,6 +41,7 @@ impl ServeHttp for Admin {
                 }
             }
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => crate::readiness::readyz(),
             "/status.json" => (
                 StatusCode::OK,
                 "application/json",

@@ -32,6 +32,7 @@ pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Se
     let Config {
         pingora,
         listen,
+        trusted_proxies,
         admin,
         upstreams,
         routes,
@@ -58,13 +59,14 @@ pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Se
     let router = Router::new(&routes, |n| {
         names.iter().position(|k| *k == n).expect("validated")
     });
-    let cache = crate::cache::Cache::new(&cache, admin.purge_allow.clone());
+    let clients = Arc::new(crate::client::Clients::new(trusted_proxies));
+    let cache = crate::cache::Cache::new(&cache, &admin);
     if let Some(l2) = cache.shared_tier() {
         let probe = background_service("memcached probe", crate::cache::Probe(l2));
         server.add_service(probe);
     }
-    crate::admin::purge::install(cache.purge_handle(), admin.purge_token_file.clone());
-    let proxy = Proxy::new(router, groups, cache, limits.clone());
+    crate::admin::purge::install(cache.purge_handle(), admin.purge_token.clone());
+    let proxy = Proxy::new(router, groups, cache, limits.clone(), clients.clone());
     let mirror = crate::mirror::Mirror::new(&routes, &mirror_limits, |n| {
         names.iter().position(|k| *k == n).expect("validated")
     });
@@ -74,13 +76,18 @@ pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Se
     http.handle_init_modules();
     let mut public = Service::new(
         "shellac proxy".into(),
-        Counted::new(Arc::new(http), &limits),
+        Counted::new(Arc::new(http), &limits, &listen, clients),
     );
-    for addr in &listen {
-        let endpoint = ListenerConfig::tcp(addr.to_string())
+    for l in &listen {
+        let endpoint = ListenerConfig::tcp(l.addr.to_string())
             .l4_buffer(L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER));
         public.add_listener(endpoint);
-        log::info!("listening on http://{addr}");
+        let proxy = if l.proxy_protocol {
+            " (PROXY protocol required)"
+        } else {
+            ""
+        };
+        log::info!("listening on http://{}{proxy}", l.addr);
     }
     server.add_service(public);
 

@@ -4,6 +4,7 @@
 use crate::access_log;
 use crate::authority::Authority;
 use crate::cache::{Cache, CacheCtx};
+use crate::client::Clients;
 use crate::config::Limits;
 use crate::forward;
 use crate::limits;
@@ -12,7 +13,7 @@ use crate::mirror::{self, Mirror};
 use crate::reload;
 use crate::request_id;
 use crate::route::Router;
-use crate::rules::{self, Decisions, Rules};
+use crate::rules::{Decisions, Rules};
 use crate::upstream::Group;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,7 +24,8 @@ use pingora::prelude::*;
 use pingora::proxy::{range_header_filter, ProxyHttp, RangeType, Session};
 use pingora::ErrorType;
 use prometheus::{Histogram, IntCounter};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Proxy {
@@ -35,6 +37,7 @@ pub struct Proxy {
     limits: Limits,
     mirror: Mirror,
     rules: Rules,
+    clients: Arc<Clients>,
 }
 
 struct RouteStats {
@@ -56,6 +59,8 @@ impl RouteStats {
 /// Per-request state.
 pub struct Ctx {
     started: Instant,
+    /// The real client ([`crate::client`]), set first thing in `request_filter`.
+    client: Option<IpAddr>,
     route: Option<usize>,
     /// The backend of the current attempt and when it was chosen.
     backend: Option<(Backend, Instant)>,
@@ -77,7 +82,13 @@ pub struct Ctx {
 }
 
 impl Proxy {
-    pub fn new(router: Router, groups: Vec<Group>, cache: Cache, limits: Limits) -> Proxy {
+    pub fn new(
+        router: Router,
+        groups: Vec<Group>,
+        cache: Cache,
+        limits: Limits,
+        clients: Arc<Clients>,
+    ) -> Proxy {
         let mut route_stats: Vec<RouteStats> =
             router.iter().map(|r| RouteStats::new(&r.name)).collect();
         route_stats.push(RouteStats::new("none"));
@@ -89,6 +100,7 @@ impl Proxy {
             limits,
             mirror: Mirror::off(),
             rules: Rules::default(),
+            clients,
         }
     }
 
@@ -144,6 +156,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            client: None,
             route: None,
             backend: None,
             failed: Vec::new(),
@@ -159,6 +172,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        forward::strip_internal(session.req_header_mut());
+        ctx.client = self.clients.resolve(session);
         ctx.request_id = request_id::for_request(session.req_header());
         if let Some(code) = limits::check_request(session.req_header(), &self.limits) {
             return refuse(session, code).await;
@@ -168,7 +183,11 @@ impl ProxyHttp for Proxy {
         }
         let req = session.req_header();
         ctx.route = self.router.find(Authority::of(req).host(), req.uri.path());
-        if let Some(answer) = self.rules.request(session, ctx.route, &mut ctx.rules).await {
+        if let Some(answer) = self
+            .rules
+            .request(session, ctx.client, ctx.route, &mut ctx.rules)
+            .await
+        {
             let answered = self
                 .rules
                 .answer(session, &answer, ctx.route, &mut ctx.rules);
@@ -182,7 +201,7 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         if session.req_header().method.as_str() == "PURGE" {
-            self.cache.purge(session).await?;
+            self.cache.purge(session, ctx.client).await?;
             return Ok(true);
         }
         if let Some(route) = ctx.route {
@@ -336,12 +355,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.cache.request_sent(&mut ctx.cache);
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         request_id::forward(req, &ctx.request_id)?;
-        forward::upstream_request(req, client)
+        forward::upstream_request(req, crate::client::hop(session))
     }
 
     async fn upstream_response_filter(
@@ -381,7 +396,7 @@ impl ProxyHttp for Proxy {
                 .respond(session, resp, &mut ctx.cache, ctx.upstream_status)?;
         resp.append_header(http::header::VIA, forward::VIA)?;
         request_id::echo(resp, &ctx.request_id)?;
-        let (req, client) = (session.req_header(), rules::client_ip(session));
+        let (req, client) = (session.req_header(), ctx.client);
         self.rules
             .deliver(req, client, resp, ctx.route, &mut ctx.rules);
         reload::close_when_draining(session);
@@ -425,6 +440,8 @@ impl ProxyHttp for Proxy {
             }
         }
         let facts = access_log::Facts {
+            // Requests refused before `request_filter` (unparsable) log the connection source.
+            client: ctx.client.or_else(|| crate::client::hop(session)),
             status,
             started: ctx.started,
             upstream: ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()),

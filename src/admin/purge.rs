@@ -14,9 +14,10 @@
 
 use crate::authority::{self, Authority};
 use crate::cache::invalidation::{self, Invalidator, Target, MAX_ITEMS};
+use crate::cache::purge::{bearer, constant_time_eq};
 use crate::cache::tiered::Tiered;
 use crate::cache::{key, tags};
-use crate::config::secret::Secret;
+use crate::config::PurgeToken;
 use crate::metrics;
 use http::{header, Response, StatusCode};
 use pingora::protocols::http::ServerSession;
@@ -29,13 +30,13 @@ const FIELDS: [&str; 6] = ["urls", "tags", "hosts", "prefixes", "all", "soft"];
 struct Api {
     storage: &'static Tiered,
     inv: &'static Invalidator,
-    token: Option<Secret>,
+    token: Option<PurgeToken>,
 }
 
 static API: OnceLock<Api> = OnceLock::new();
 
 /// Called once at start-up with the cache the API acts on.
-pub fn install(handle: (&'static Tiered, &'static Invalidator), token: Option<Secret>) {
+pub fn install(handle: (&'static Tiered, &'static Invalidator), token: Option<PurgeToken>) {
     let _ = API.set(Api {
         storage: handle.0,
         inv: handle.1,
@@ -125,14 +126,14 @@ pub async fn respond(session: &mut ServerSession) -> Response<Vec<u8>> {
     )
 }
 
-fn authorise(session: &ServerSession, token: Option<&Secret>) -> Option<Response<Vec<u8>>> {
+fn authorise(session: &ServerSession, token: Option<&PurgeToken>) -> Option<Response<Vec<u8>>> {
     match token {
         Some(secret) => {
             let given = session
                 .req_header()
                 .headers
                 .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+                .and_then(|v| bearer(v.as_bytes()));
             match given {
                 None => Some(refuse(
                     StatusCode::UNAUTHORIZED,
@@ -140,7 +141,7 @@ fn authorise(session: &ServerSession, token: Option<&Secret>) -> Option<Response
                     None,
                     "send Authorization: Bearer <token from admin.purge_token_file>",
                 )),
-                Some(t) if !secret.matches(t) => Some(refuse(
+                Some(t) if !constant_time_eq(t, secret.as_bytes()) => Some(refuse(
                     StatusCode::FORBIDDEN,
                     "forbidden",
                     None,

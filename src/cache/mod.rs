@@ -43,6 +43,8 @@ pub struct CacheRule {
     pub enabled: bool,
     /// Stale windows for responses that name none.
     pub stale: StaleDefaults,
+    /// Whether the client's no-cache / max-age may force revalidation.
+    pub client_cache_control: config::ClientCacheControl,
 }
 
 impl CacheRule {
@@ -56,6 +58,7 @@ impl CacheRule {
                 // Cache-wide; `Cache::enable` fills it in.
                 on_disconnect: 0,
             },
+            client_cache_control: r.client_cache_control,
         }
     }
 }
@@ -110,7 +113,7 @@ pub struct Cache {
 impl Cache {
     /// Builds the process-wide cache parts. Pingora needs them `'static`; they live as long as
     /// the process, so leaking them once at start-up is the honest lifetime.
-    pub fn new(conf: &config::Cache, purge_allow: Vec<config::Cidr>) -> Cache {
+    pub fn new(conf: &config::Cache, admin: &config::Admin) -> Cache {
         let l1: Option<&'static MemoryStore> = (conf.memory.size > 0).then(|| {
             &*Box::leak(Box::new(MemoryStore::new(
                 conf.memory.size as usize,
@@ -154,7 +157,17 @@ impl Cache {
             purger: purge::Purger {
                 storage,
                 inv,
-                allow: purge_allow,
+                allow: admin.purge_allow.clone(),
+                token: admin.purge_token.clone(),
+                invalidate_on: conf
+                    .invalidate_on
+                    .iter()
+                    .map(|m| http::Method::from_bytes(m.as_bytes()).expect("validated"))
+                    .collect(),
+                fleet_budget: conf
+                    .memcached
+                    .as_ref()
+                    .map(|m| purge::Bucket::per_second(m.invalidations_per_second)),
             },
             inv,
             tags: conf.tags.clone(),
@@ -298,10 +311,15 @@ impl Cache {
     ) -> Option<pingora::cache::ForcedFreshness> {
         cx.tier = Some(self.storage.tier_of(hit));
         let marked = self.inv.on_hit(session.req_header(), meta).await;
+        // With `honor`, a request that waited on another's revalidation (the cache lock) is
+        // answered by its result: forcing again would send each waiter to the origin in turn.
+        let honor = cx.rule.client_cache_control == config::ClientCacheControl::Honor
+            && session.cache.lock_duration().is_none();
         let forced = policy::on_hit(
             session.req_header(),
             meta,
             SystemTime::now(),
+            honor,
             &self.targeted,
         );
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
@@ -424,9 +442,13 @@ impl Cache {
         policy::conditional::not_modified(req, resp)
     }
 
-    /// `request_filter` for the `PURGE` method.
-    pub async fn purge(&self, session: &mut Session) -> Result<()> {
-        self.purger.purge(session).await
+    /// `request_filter` for the `PURGE` method, from the real `client`.
+    pub async fn purge(
+        &self,
+        session: &mut Session,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<()> {
+        self.purger.purge(session, client).await
     }
 }
 

@@ -336,14 +336,21 @@ pub fn parse_http_date(v: &str) -> Option<SystemTime> {
 
 /// What the request's own directives (§5.2.1) do to a stored response: `ForceExpired` makes
 /// Pingora validate it first, `ForceFresh` serves it stale as the client allowed. `None`
-/// leaves the decision to the stored freshness.
+/// leaves the decision to the stored freshness. Unless `honor_reload` (a route's
+/// `client_cache_control: honor`), `no-cache`, `max-age` and `Pragma: no-cache` are ignored:
+/// they would let any client send every request to the origin. `min-fresh` and `max-stale`
+/// count either way.
 pub fn on_hit(
     req: &RequestHeader,
     meta: &CacheMeta,
     now: SystemTime,
+    honor_reload: bool,
     targeted_fields: &[http::HeaderName],
 ) -> Option<ForcedFreshness> {
     let Some(cc) = CacheControl::from_req_headers(req) else {
+        if !honor_reload {
+            return None;
+        }
         // §5.4: `Pragma: no-cache` counts only when there is no Cache-Control.
         let pragma = req.headers.get(http::header::PRAGMA)?;
         return pragma
@@ -352,11 +359,11 @@ pub fn on_hit(
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"no-cache"))
             .then_some(ForcedFreshness::ForceExpired);
     };
-    if cc.no_cache() {
+    if honor_reload && cc.no_cache() {
         return Some(ForcedFreshness::ForceExpired); // §5.2.1.4
     }
     let age = current_age(meta, now);
-    if let Ok(Some(max_age)) = cc.max_age() {
+    if let (true, Ok(Some(max_age))) = (honor_reload, cc.max_age()) {
         if age > Duration::from_secs(max_age as u64) {
             return Some(ForcedFreshness::ForceExpired); // §5.2.1.1
         }

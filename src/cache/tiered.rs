@@ -140,11 +140,20 @@ impl Tiered {
 
     /// Removes `key` and its variants from every tier and, through the purge marker, from every
     /// other node's L1 within `purge_check`. `Err` when the shared tier could not be told.
-    pub async fn purge_all(&'static self, key: &CacheKey) -> std::result::Result<bool, String> {
+    /// Removes every variant from both tiers. `mark`: also write the fleet's purge marker, so
+    /// other nodes drop their memory copies within `purge_check`; without it they keep them
+    /// until they expire (the bound on invalidation markers, see `purge`).
+    pub async fn purge_all(
+        &'static self,
+        key: &CacheKey,
+        mark: bool,
+    ) -> std::result::Result<bool, String> {
         let compact = key.to_compact();
         let mut found = self.l1.is_some_and(|l1| l1.purge_all(&compact));
         if let (Some(l2), Some(fleet)) = (self.l2, &self.fleet) {
-            fleet.mark_purged(key).await?;
+            if mark {
+                fleet.mark_purged(key).await?;
+            }
             let outcome = l2
                 .purge(
                     PurgeTarget::Active(&compact),

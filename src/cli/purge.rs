@@ -88,10 +88,14 @@ pub fn main(args: &[String]) -> i32 {
 
 fn run(a: &Args) -> Result<(), String> {
     let token = match &a.token_file {
-        Some(f) => Some(crate::config::secret::Secret::read(f)?),
+        Some(f) => Some(
+            crate::config::PurgeToken::load(std::path::Path::new(f)).map_err(|e| e.to_string())?,
+        ),
         None => None,
     };
-    let auth = token.as_ref().map(|t| format!("Bearer {}", t.expose()));
+    let auth = token
+        .as_ref()
+        .map(|t| format!("Bearer {}", String::from_utf8_lossy(t.as_bytes())));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(h) = &auth {
         headers.push(("Authorization", h.as_str()));

@@ -45,6 +45,11 @@ pub struct Cache {
     /// matching, so equivalent requests share a variant.
     #[serde(default = "vary_normalize", deserialize_with = "values::header_names")]
     pub vary_normalize: Vec<http::HeaderName>,
+    /// Methods whose successful responses invalidate the stored target URI (RFC 9111 §4.4).
+    /// Exact, case-sensitive names (RFC 9110 §9.1): `post` or an unknown extension method
+    /// invalidates nothing unless listed.
+    #[serde(default = "unsafe_methods")]
+    pub invalidate_on: Vec<String>,
     /// Surrogate keys: the origin's tags on a response, for purging by tag.
     #[serde(default)]
     pub tags: Tags,
@@ -69,6 +74,24 @@ impl Default for Tags {
 
 fn surrogate_key() -> String {
     "Surrogate-Key".into()
+}
+
+fn unsafe_methods() -> Vec<String> {
+    ["POST", "PUT", "DELETE", "PATCH"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `routes[].client_cache_control`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCacheControl {
+    /// A client's `no-cache`, `max-age` and `Pragma: no-cache` do not force revalidation (as
+    /// Varnish and nginx): otherwise every client could multiply origin load at will.
+    #[default]
+    Ignore,
+    /// They do, and concurrent forced revalidations of one object share one origin request.
+    Honor,
 }
 
 impl Default for Cache {
@@ -133,6 +156,12 @@ pub struct Memcached {
     /// Chunk writes in flight per object being stored.
     #[serde(default = "four")]
     pub write_concurrency: usize,
+    /// Purge markers for invalidations by unsafe methods (§4.4) this node writes to memcached
+    /// per second (a token bucket holding one second's worth). Beyond it the object is removed
+    /// from this node and memcached but other nodes are not told, so a flood of POSTs cannot
+    /// fill the shared tier with markers. PURGE is not limited.
+    #[serde(default = "hundred")]
+    pub invalidations_per_second: u32,
 }
 
 impl Default for Memcached {
@@ -152,6 +181,23 @@ impl Cache {
                 "cache.heuristic_fraction",
                 "must be between 0 (off) and 1; RFC 9111 suggests 0.1",
             );
+        }
+        for (i, m) in c.invalidate_on.iter().enumerate() {
+            let p = format!("cache.invalidate_on[{i}]");
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                return err(p, format!("{m:?} is not a method name"));
+            }
+            if matches!(m.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE") {
+                return err(
+                    p,
+                    format!(
+                        "{m} is a safe method and never invalidates (RFC 9111 §4.4); remove it"
+                    ),
+                );
+            }
+            if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                return err(p, format!("methods are case-sensitive (RFC 9110 §9.1) and clients send them in upper case; write {:?}", m.to_ascii_uppercase()));
+            }
         }
         if c.lock_timeout.is_zero() {
             return err("cache.lock_timeout", "must be greater than 0");
@@ -193,6 +239,12 @@ impl Memcached {
         }
         if self.timeout.is_zero() {
             return err(format!("{p}.timeout"), "must be greater than 0");
+        }
+        if self.invalidations_per_second == 0 {
+            return err(
+                format!("{p}.invalidations_per_second"),
+                "must be at least 1; 0 would keep every POST from reaching other nodes",
+            );
         }
         if !(4096..=(128 << 20)).contains(&self.chunk_size) {
             return err(
@@ -261,6 +313,9 @@ fn tenth() -> f64 {
 }
 fn five() -> u32 {
     5
+}
+fn hundred() -> u32 {
+    100
 }
 fn four() -> usize {
     4

@@ -30,15 +30,6 @@ use plugin::Names;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The client's address for `match.client`: the one place to swap in the trusted client
-/// address once it exists.
-pub fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
-
 #[derive(Default)]
 pub struct Rules {
     plugins: Vec<Arc<dyn Plugin>>,
@@ -124,16 +115,19 @@ impl Rules {
     }
 
     /// The request phase; returns the synthetic answer, if a plugin made one.
+    /// `client` is the real client address ([`crate::client`]); later phases read it back.
     pub async fn request(
         &self,
         session: &mut Session,
+        client: Option<IpAddr>,
         route: Option<usize>,
         d: &mut Decisions,
     ) -> Option<Arc<Synthetic>> {
+        d.client = client;
         if self.request.is_empty() {
             return None;
         }
-        let client = client_ip(session);
+        let client = d.client;
         let mut cx = RequestCx {
             session,
             route,
@@ -174,7 +168,7 @@ impl Rules {
                 resp,
                 status,
                 route,
-                client: client_ip(session),
+                client: d.client,
                 names: &self.names,
                 d,
             };
@@ -291,7 +285,7 @@ impl Rules {
             resp.insert_header(n.clone(), v.clone())?;
         }
         resp.insert_header(http::header::CONTENT_LENGTH, syn.body.len())?;
-        let client = client_ip(session);
+        let client = d.client;
         self.deliver(session.req_header(), client, &mut resp, route, d);
         if !session.is_body_empty() {
             // The request body is never read: the connection cannot frame a next request.

@@ -113,6 +113,8 @@ pub struct Synthetic {
 /// Per-request decisions of the plugins, read by the cache, the router and the proxy.
 #[derive(Default)]
 pub struct Decisions {
+    /// The real client address ([`crate::client`]), set by the proxy before the first phase.
+    pub(crate) client: Option<std::net::IpAddr>,
     pub(crate) cache: Option<CacheMode>,
     pub(crate) upstream: Option<usize>,
     pub(crate) key: KeySpec,
@@ -153,7 +155,7 @@ impl RequestCx<'_> {
     pub fn route(&self) -> Option<&str> {
         self.route.map(|i| self.names.routes[i].as_str())
     }
-    /// The client's address (see [`super::client_ip`]).
+    /// The client's address (the real client: PROXY source or trusted X-Forwarded-For).
     pub fn client(&self) -> Option<IpAddr> {
         self.client
     }

@@ -164,9 +164,13 @@ impl Shellac {
         grace: u64,
     ) -> String {
         let mut yaml = format!(
-            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"{addr}\"]\n",
+            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\n",
             d = dir.display()
         );
+        // A body with its own `listen:` (e.g. PROXY protocol listeners) uses `{LISTEN}` in it.
+        if !body.lines().any(|l| l.starts_with("listen:")) {
+            yaml.push_str(&format!("listen: [\"{addr}\"]\n"));
+        }
         if !body.contains("admin:") {
             yaml.push_str(&format!("admin: {{listen: \"{admin}\"}}\n"));
         }

@@ -20,7 +20,7 @@ pub async fn purge(tiered: &'static Tiered, key: &CacheKey, soft: bool) -> Resul
         .with_label_values(&["url", mode])
         .inc();
     if !soft {
-        return tiered.purge_all(key).await;
+        return tiered.purge_all(key, true).await;
     }
     let span = Span::inactive().handle();
     let now = SystemTime::now();

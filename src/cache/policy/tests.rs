@@ -380,7 +380,7 @@ fn stored(cc: &str, age_secs: u64, ttl: i64) -> CacheMeta {
 
 #[test]
 fn request_directives_on_hits_section_5_2_1() {
-    let f = |rq: &[(&str, &str)], m: &CacheMeta| on_hit(&req("GET", rq), m, at(NOW), &[]);
+    let f = |rq: &[(&str, &str)], m: &CacheMeta| on_hit(&req("GET", rq), m, at(NOW), true, &[]);
     let fresh = stored("max-age=100", 40, 60);
     let stale = stored("max-age=100", 130, -30);
     let stale_mr = stored("max-age=100, must-revalidate", 130, -30);
@@ -430,16 +430,52 @@ fn request_directives_on_hits_section_5_2_1() {
 }
 
 #[test]
+fn client_reloads_are_ignored_unless_honoured() {
+    let ignore =
+        |rq: &[(&str, &str)], m: &CacheMeta| on_hit(&req("GET", rq), m, at(NOW), false, &[]);
+    let fresh = stored("max-age=100", 40, 60);
+    let stale = stored("max-age=100", 130, -30);
+    use ForcedFreshness::*;
+    for rq in [
+        &[("Cache-Control", "no-cache")][..],
+        &[("Cache-Control", "max-age=0")],
+        &[("Cache-Control", "max-age=30")],
+        &[("Pragma", "no-cache")],
+    ] {
+        assert!(ignore(rq, &fresh).is_none(), "{rq:?}");
+    }
+    // The directives that cannot add origin load still count.
+    assert!(matches!(
+        ignore(&[("Cache-Control", "min-fresh=90")], &fresh),
+        Some(ForceExpired)
+    ));
+    assert!(matches!(
+        ignore(&[("Cache-Control", "max-stale")], &stale),
+        Some(ForceFresh)
+    ));
+}
+
+#[test]
 fn unsafe_methods_invalidate_section_4_4() {
     use http::Method;
-    assert!(invalidates(&Method::POST, 200));
-    assert!(invalidates(&Method::DELETE, 204));
-    assert!(invalidates(&Method::PUT, 302));
-    assert!(invalidates(&Method::from_bytes(b"FROB").unwrap(), 200));
-    assert!(!invalidates(&Method::POST, 500));
-    assert!(!invalidates(&Method::POST, 404));
-    assert!(!invalidates(&Method::GET, 200));
-    assert!(!invalidates(&Method::OPTIONS, 200));
+    let on = [Method::POST, Method::PUT, Method::DELETE, Method::PATCH];
+    assert!(invalidates(&Method::POST, 200, &on));
+    assert!(invalidates(&Method::DELETE, 204, &on));
+    assert!(invalidates(&Method::PUT, 302, &on));
+    assert!(!invalidates(
+        &Method::from_bytes(b"FROB").unwrap(),
+        200,
+        &on
+    ));
+    assert!(!invalidates(
+        &Method::from_bytes(b"post").unwrap(),
+        200,
+        &on
+    ));
+    assert!(!invalidates(&Method::POST, 500, &on));
+    assert!(!invalidates(&Method::POST, 404, &on));
+    assert!(!invalidates(&Method::GET, 200, &on));
+    assert!(!invalidates(&Method::OPTIONS, 200, &on));
 }
 
 #[test]
