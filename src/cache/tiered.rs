@@ -12,7 +12,6 @@
 //! - memcached down: every L2 step fails fast (breaker) and the node behaves as memory-only.
 
 use super::fleet::Fleet;
-use super::invalidation::{self as inv, marks::Verdict};
 use super::memcached::MemcachedStorage;
 use super::memory::{MemoryStore, StoredMeta};
 use super::promote::Promote;
@@ -77,8 +76,7 @@ impl Tiered {
         let mut stale_l1 = None;
         if let Some(l1) = self.l1 {
             if let Some(e) = l1.entry(key) {
-                let v = inv::verdict(key, e.header(), e.updated()).await;
-                let mut purged = v == Verdict::Purged;
+                let (v, mut purged) = super::invalidation::on_lookup(key, &e).await;
                 if let (Some(fleet), true) = (&self.fleet, e.check_due(now, self.purge_check)) {
                     match fleet.purged_since(key, e.created()).await {
                         Some(true) => purged = true,
@@ -88,7 +86,7 @@ impl Tiered {
                 }
                 if purged {
                     l1.remove_key(key);
-                } else if (e.is_fresh(now) && v == Verdict::Keep) || self.l2.is_none() {
+                } else if (e.is_fresh(now) && v.is_keep()) || self.l2.is_none() {
                     return Ok(Some(MemoryStore::hit(&e)));
                 } else {
                     stale_l1 = Some(e);
@@ -96,17 +94,14 @@ impl Tiered {
             }
         }
         if let Some(l2) = self.l2 {
-            match l2.lookup(key, trace).await {
+            match super::invalidation::unpurged(key, l2.lookup(key, trace).await).await {
                 Ok(Some((meta, hit))) => {
-                    let purged = inv::purged(key, meta.response_header(), meta.updated()).await;
                     if let Some(e) = &stale_l1 {
-                        if purged || meta.updated() <= e.updated() {
+                        if meta.updated() <= e.updated() {
                             return Ok(Some(MemoryStore::hit(e)));
                         }
                     }
-                    if !purged {
-                        return Ok(Some(self.promote(key, meta, hit)));
-                    }
+                    return Ok(Some(self.promote(key, meta, hit)));
                 }
                 Ok(None) => {}
                 Err(e) => log::debug!("L2 lookup failed, trying the origin: {e}"),

@@ -32,6 +32,12 @@ pub enum Verdict {
     Purged,
 }
 
+impl Verdict {
+    pub fn is_keep(self) -> bool {
+        self == Verdict::Keep
+    }
+}
+
 impl Marks {
     pub fn now(soft: bool) -> Marks {
         let t = millis(SystemTime::now());

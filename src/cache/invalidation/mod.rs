@@ -19,6 +19,7 @@ mod remote;
 pub mod url;
 
 use super::memcached::MemcachedStorage;
+use super::memory::Entry;
 use crate::authority::Authority;
 use crate::metrics;
 use marks::{Marks, Registry, Verdict};
@@ -61,9 +62,24 @@ pub async fn verdict(key: &CacheKey, header: &ResponseHeader, stored: SystemTime
     v
 }
 
-/// [`verdict`] is [`Verdict::Purged`].
-pub async fn purged(key: &CacheKey, header: &ResponseHeader, stored: SystemTime) -> bool {
-    verdict(key, header, stored).await == Verdict::Purged
+/// For the memory tier's copy: its verdict, and whether it is hard-purged (to be skipped).
+pub(crate) async fn on_lookup(key: &CacheKey, e: &Entry) -> (Verdict, bool) {
+    let v = verdict(key, e.header(), e.updated()).await;
+    (v, v == Verdict::Purged)
+}
+
+/// For the memcached tier's answer: a hard-purged copy becomes a miss (so the fleet lease
+/// coalesces the refetch); anything else passes through.
+pub async fn unpurged<H>(
+    key: &CacheKey,
+    found: pingora::Result<Option<(CacheMeta, H)>>,
+) -> pingora::Result<Option<(CacheMeta, H)>> {
+    if let Ok(Some((meta, _))) = &found {
+        if verdict(key, meta.response_header(), meta.updated()).await == Verdict::Purged {
+            return Ok(None);
+        }
+    }
+    found
 }
 
 /// Host and path-and-query from a primary key built by [`super::key::of`] (length-prefixed
