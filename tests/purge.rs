@@ -376,6 +376,7 @@ async fn bad_input_and_wrong_tokens_get_the_documented_error_and_purge_nothing()
     }
     let (_, v) = post(node.admin, r#"{"tagz": []}"#, tok).await;
     assert!(v["error"].as_str().unwrap().contains("tagz"), "{v}");
+    assert_eq!(v["field"], "tagz", "{v}");
     assert!(is_hit(&node.get("/t/1").await), "a refused purge purged");
     assert_eq!(origin.count(), 1);
     let errors = node.metric("shellac_purge_api_errors_total", &[]).await;

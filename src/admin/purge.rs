@@ -22,6 +22,7 @@ use crate::metrics;
 use http::{header, Response, StatusCode};
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 const MAX_BODY: usize = 64 << 10;
@@ -109,7 +110,14 @@ pub async fn respond(session: &mut ServerSession) -> Response<Vec<u8>> {
     }
     let req = match parse(&body) {
         Ok(r) => r,
-        Err((field, msg)) => return refuse(StatusCode::BAD_REQUEST, "bad_request", field, &msg),
+        Err((field, msg)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                field.as_deref(),
+                &msg,
+            )
+        }
     };
     let (results, failed) = run(api, &req).await;
     let status = if failed > 0 {
@@ -167,8 +175,11 @@ fn authorise(session: &ServerSession, token: Option<&PurgeToken>) -> Option<Resp
     }
 }
 
+/// What was wrong: the field (when one is to blame) and why.
+type Bad = (Option<Cow<'static, str>>, String);
+
 /// The request body, validated completely before anything is purged. `Err((field, why))`.
-pub fn parse(body: &[u8]) -> Result<Request, (Option<&'static str>, String)> {
+pub fn parse(body: &[u8]) -> Result<Request, Bad> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| (None, format!("malformed JSON: {e}")))?;
     let Value::Object(obj) = v else {
@@ -176,7 +187,7 @@ pub fn parse(body: &[u8]) -> Result<Request, (Option<&'static str>, String)> {
     };
     if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err((
-            None,
+            Some(k.clone().into()),
             format!("unknown field {k:?}; expected one of {}", FIELDS.join(", ")),
         ));
     }
@@ -186,14 +197,14 @@ pub fn parse(body: &[u8]) -> Result<Request, (Option<&'static str>, String)> {
     };
     for u in list(&obj, "urls")? {
         req.urls.push(parse_url(&u).ok_or((
-            Some("urls"),
+            Some("urls".into()),
             format!("{u:?} is not an http URL (http://host/path) or host/path"),
         ))?);
     }
     for t in list(&obj, "tags")? {
         if !tags::valid(&t) {
             return Err((
-                Some("tags"),
+                Some("tags".into()),
                 format!(
                     "{t:?}: a tag is 1-{} visible ASCII characters, no comma",
                     tags::MAX_LEN
@@ -203,13 +214,14 @@ pub fn parse(body: &[u8]) -> Result<Request, (Option<&'static str>, String)> {
         req.targets.push(Target::Tag(t));
     }
     for h in list(&obj, "hosts")? {
-        let host = norm_host(&h).ok_or((Some("hosts"), format!("{h:?} is not a host name")))?;
+        let host =
+            norm_host(&h).ok_or((Some("hosts".into()), format!("{h:?} is not a host name")))?;
         req.targets.push(Target::Host(host));
     }
     for p in list(&obj, "prefixes")? {
         let bad = || {
             (
-                Some("prefixes"),
+                Some("prefixes".into()),
                 format!("{p:?} is not host/path-prefix (example.com/static/)"),
             )
         };
@@ -238,31 +250,31 @@ pub fn parse(body: &[u8]) -> Result<Request, (Option<&'static str>, String)> {
         let field = ["urls", "tags", "hosts", "prefixes"]
             .into_iter()
             .max_by_key(|f| obj.get(*f).and_then(Value::as_array).map_or(0, Vec::len));
-        return Err((field, format!("{n} items; at most {MAX_ITEMS} per request")));
+        return Err((
+            field.map(Cow::from),
+            format!("{n} items; at most {MAX_ITEMS} per request"),
+        ));
     }
     Ok(req)
 }
 
-fn flag(obj: &Map<String, Value>, f: &'static str) -> Result<bool, (Option<&'static str>, String)> {
+fn flag(obj: &Map<String, Value>, f: &'static str) -> Result<bool, Bad> {
     match obj.get(f) {
         None => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err((Some(f), "must be true or false".into())),
+        Some(_) => Err((Some(f.into()), "must be true or false".into())),
     }
 }
 
-fn list(
-    obj: &Map<String, Value>,
-    f: &'static str,
-) -> Result<Vec<String>, (Option<&'static str>, String)> {
+fn list(obj: &Map<String, Value>, f: &'static str) -> Result<Vec<String>, Bad> {
     let Some(v) = obj.get(f) else {
         return Ok(vec![]);
     };
-    let bad = || (Some(f), "must be a list of strings".to_string());
+    let bad = || (Some(f.into()), "must be a list of strings".to_string());
     let arr = v.as_array().ok_or_else(bad)?;
     if arr.len() > MAX_ITEMS {
         return Err((
-            Some(f),
+            Some(f.into()),
             format!("{} items; at most {MAX_ITEMS} per request", arr.len()),
         ));
     }
@@ -357,21 +369,27 @@ mod tests {
                 Target::All,
             ]
         );
-        let field = |b: &[u8]| parse(b).unwrap_err().0;
+        let field = |b: &[u8]| parse(b).unwrap_err().0.map(String::from);
         assert_eq!(field(b"{"), None);
         assert_eq!(field(b"{}"), None);
         assert!(parse(br#"{"tag": ["a"]}"#)
             .unwrap_err()
             .1
             .contains("\"tag\""));
-        assert_eq!(field(br#"{"tags": "a"}"#), Some("tags"));
-        assert_eq!(field(br#"{"tags": ["a b"]}"#), Some("tags"));
-        assert_eq!(field(br#"{"hosts": ["a b"]}"#), Some("hosts"));
-        assert_eq!(field(br#"{"prefixes": ["nopath"]}"#), Some("prefixes"));
-        assert_eq!(field(br#"{"urls": ["http:///x"]}"#), Some("urls"));
-        assert_eq!(field(br#"{"all": 1}"#), Some("all"));
+        assert_eq!(field(br#"{"tags": "a"}"#).as_deref(), Some("tags"));
+        assert_eq!(field(br#"{"tags": ["a b"]}"#).as_deref(), Some("tags"));
+        assert_eq!(field(br#"{"hosts": ["a b"]}"#).as_deref(), Some("hosts"));
+        assert_eq!(
+            field(br#"{"prefixes": ["nopath"]}"#).as_deref(),
+            Some("prefixes")
+        );
+        assert_eq!(
+            field(br#"{"urls": ["http:///x"]}"#).as_deref(),
+            Some("urls")
+        );
+        assert_eq!(field(br#"{"all": 1}"#).as_deref(), Some("all"));
         let many: Vec<String> = (0..=MAX_ITEMS).map(|i| format!("\"t{i}\"")).collect();
         let body = format!("{{\"tags\": [{}]}}", many.join(","));
-        assert_eq!(field(body.as_bytes()), Some("tags"));
+        assert_eq!(field(body.as_bytes()).as_deref(), Some("tags"));
     }
 }
