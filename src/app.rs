@@ -71,6 +71,7 @@ pub fn build_with(
         let probe = background_service("memcached probe", crate::cache::Probe(l2));
         server.add_service(probe);
     }
+    crate::admin::purge::install(cache.purge_handle(), admin.purge_token.clone());
     let proxy = Proxy::new(router, groups, cache, limits.clone(), clients.clone());
     let mirror = crate::mirror::Mirror::new(&routes, &mirror_limits, |n| {
         names.iter().position(|k| *k == n).expect("validated")

@@ -139,6 +139,15 @@ pub fn init() {
     LazyLock::force(&CACHE_EVICTIONS);
     LazyLock::force(&CACHE_NOT_STORED);
     LazyLock::force(&CACHE_PURGES);
+    for kind in ["url", "tag", "host", "prefix", "all"] {
+        for mode in ["hard", "soft"] {
+            CACHE_INVALIDATIONS.with_label_values(&[kind, mode]);
+        }
+    }
+    for result in ["purged", "stale"] {
+        CACHE_INVALIDATED_ON_LOOKUP.with_label_values(&[result]);
+    }
+    LazyLock::force(&PURGE_API_ERRORS);
     for result in ["written", "dropped", "failed"] {
         ACCESS_LOG_LINES.with_label_values(&[result]);
     }
@@ -210,6 +219,33 @@ pub static CACHE_PURGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .unwrap()
 });
 
+pub static CACHE_INVALIDATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_invalidations_total",
+        "Purges by tag, host, prefix, all or URL (kind) and hard or soft (mode), from POST /purge or PURGE",
+        &["kind", "mode"]
+    )
+    .unwrap()
+});
+
+pub static CACHE_INVALIDATED_ON_LOOKUP: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_invalidated_on_lookup_total",
+        "Cached objects a purge marker turned into a miss (purged) or a stale hit (stale) on lookup",
+        &["result"]
+    )
+    .unwrap()
+});
+
+pub static PURGE_API_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_purge_api_errors_total",
+        "POST /purge requests refused or failed, by reason (bad_request, unauthorized, forbidden, method, unavailable)",
+        &["reason"]
+    )
+    .unwrap()
+});
+
 // --- memcached (L2 cache storage) ---------------------------------------------------------
 // The `server` label is a configured memcached address and `op` a fixed name from
 // `cache::memcached`, so these series are bounded by the config too.
@@ -276,7 +312,7 @@ pub static MEMCACHED_BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static MEMCACHED_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "shellac_memcached_rejected_total",
-        "memcached values that failed authentication (cache.memcached.key_file), by kind (head, chunk, lease, purge_marker) and reason (short: too short to hold a tag; bad_tag: no tag, wrong key, wrong item or forged); each was treated as absent and deleted",
+        "memcached values that failed authentication (cache.memcached.key_file), by kind (head, chunk, lease, purge_marker, invalidation) and reason (short: too short to hold a tag; bad_tag: no tag, wrong key, wrong item or forged); each was treated as absent and deleted",
         &["kind", "reason"]
     )
     .unwrap()

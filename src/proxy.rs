@@ -288,7 +288,7 @@ impl ProxyHttp for Proxy {
         if ctx.rules.bypass() {
             return Ok(Some(ForcedFreshness::ForceMiss));
         }
-        Ok(self.cache.on_hit(session, meta, hit, &mut ctx.cache))
+        Ok(self.cache.on_hit(session, meta, hit, &mut ctx.cache).await)
     }
 
     fn cache_not_modified_filter(

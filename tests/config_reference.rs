@@ -33,6 +33,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("cache", "cache"),
     ("cache.memory", "cache.memory"),
     ("cache.memcached", "cache.memcached"),
+    ("cache.tags", "cache.tags"),
     ("limits", "limits"),
     ("access_log", "access_log"),
     ("mirror_limits", "mirror_limits"),

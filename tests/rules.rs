@@ -470,7 +470,7 @@ async fn the_plugin_example_runs_with_its_plugin() {
         .join("examples/plugin");
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo test --all-targets` or `cargo build --examples`",
+        "{} is missing: build it with `cargo build --examples` (scripts/test does)",
         bin.display()
     );
     let origin = Origin::start(cached("page")).await;

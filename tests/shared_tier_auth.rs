@@ -290,3 +290,59 @@ fn t_checks_the_key_file() {
     let (code, out) = check("good.key");
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_purges_work_sealed_and_a_forged_tag_marker_retires_nothing() {
+    let mc = Memcached::start();
+    let origin = Origin::start(|r| {
+        Reply::ok(format!("real {}", r.target))
+            .header("Cache-Control", "max-age=300")
+            .header("Surrogate-Key", "t1")
+    })
+    .await;
+    let shellac = Shellac::start(&node(&origin, &mc, Some(&key_file(&[4u8; 32])), "")).await;
+    shellac.get("/t").await;
+    until("the head", || heads(&mc).len() == 1).await;
+    assert!(shellac
+        .get("/t")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    // A sealed tag purge is written and read back: the next request refetches.
+    let before: Vec<String> = mc.keys();
+    let p = shellac
+        .request("PURGE", "/", &[("Shellac-Purge-Tags", "t1")])
+        .await;
+    assert_eq!(p.status, 200);
+    let marker = mc
+        .keys()
+        .into_iter()
+        .find(|k| k.contains(":i:") && !before.contains(k))
+        .expect("the tag's marker");
+    assert!(!shellac
+        .get("/t")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    assert_eq!(origin.count(), 2);
+    until("the refill", || heads(&mc).len() == 1).await;
+    assert!(shellac
+        .get("/t")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    // A forged marker for the same tag, dated far in the future, is ignored and deleted.
+    mc.set(&marker, b"99999999999999 0");
+    tokio::time::sleep(Duration::from_millis(600)).await; // past any marker cache
+    assert!(shellac
+        .get("/t")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    assert_eq!(origin.count(), 2, "the forged marker retired nothing");
+    assert_eq!(rejected(&shellac, "invalidation", "short").await, 1.0);
+}

@@ -5,7 +5,7 @@
 
 use super::policy::stale::{self as stale_policy};
 use super::policy::{self, StaleDefaults, Timing};
-use super::{Cache, CacheCtx};
+use super::{tags, Cache, CacheCtx};
 use crate::config;
 use crate::metrics;
 use pingora::cache::{CacheMeta, NoCacheReason, RespCacheable};
@@ -36,7 +36,8 @@ impl Cache {
         };
         let (req, h, o) = (session.req_header(), self.heuristic, cx.overrides);
         match policy::storable_with(req, resp, t, h, cx.rule.stale, &self.targeted, o) {
-            Ok(meta) => {
+            Ok(mut meta) => {
+                tags::store(meta.response_header_mut(), &self.tags.header);
                 cx.stored = true;
                 RespCacheable::Cacheable(meta)
             }
@@ -53,9 +54,9 @@ impl Cache {
             }
         }
     }
-
-    /// `cache_hit_filter`: the client's own freshness demands (§5.2.1).
-    pub fn on_hit(
+    /// `cache_hit_filter`: purge markers (tag, host, prefix, all), then the client's own
+    /// freshness demands (§5.2.1).
+    pub async fn on_hit(
         &self,
         session: &Session,
         meta: &CacheMeta,
@@ -63,6 +64,7 @@ impl Cache {
         cx: &mut CacheCtx,
     ) -> Option<pingora::cache::ForcedFreshness> {
         cx.tier = Some(self.storage.tier_of(hit));
+        let marked = self.inv.on_hit(session.req_header(), meta).await;
         // With `honor`, a request that waited on another's revalidation (the cache lock) is
         // answered by its result: forcing again would send each waiter to the origin in turn.
         let honor = cx.rule.client_cache_control == config::ClientCacheControl::Honor
@@ -75,9 +77,11 @@ impl Cache {
             &self.targeted,
         );
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
-        forced
+        match marked {
+            Some(pingora::cache::ForcedFreshness::ForceMiss) => marked,
+            _ => forced.or(marked),
+        }
     }
-
     /// `should_serve_stale`: whether a stored stale copy may answer for this failure (§4.2.4,
     /// RFC 5861); `by_rules` are the windows rules give the stored response. Without an error (stale-while-revalidate) the stored window decides alone.
     pub fn may_serve_stale(
@@ -109,7 +113,6 @@ impl Cache {
         );
         cx.stale_reason.is_some()
     }
-
     /// `cache_not_modified_filter`: whether the stored response answers the client's
     /// conditional request with 304.
     pub fn not_modified(&self, req: &RequestHeader, resp: &ResponseHeader) -> bool {

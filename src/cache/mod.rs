@@ -7,6 +7,7 @@
 mod decide;
 mod fill;
 pub mod fleet;
+pub mod invalidation;
 pub mod key;
 pub mod memcached;
 pub mod memory;
@@ -16,6 +17,7 @@ pub mod purge;
 mod respond;
 pub mod status;
 pub mod stored;
+pub mod tags;
 pub mod tiered;
 mod vary;
 
@@ -107,6 +109,8 @@ pub struct Cache {
     on_disconnect: u32,
     vary_normalize: Vec<http::HeaderName>,
     purger: purge::Purger,
+    inv: &'static invalidation::Invalidator,
+    tags: config::Tags,
 }
 
 impl Cache {
@@ -135,6 +139,8 @@ impl Cache {
             purge_check,
         )));
         let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(conf.lock_timeout));
+        let inv = &*Box::leak(Box::new(invalidation::Invalidator::new(l2, purge_check)));
+        invalidation::install(inv);
         Cache {
             storage,
             lock,
@@ -153,6 +159,7 @@ impl Cache {
             vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
+                inv,
                 allow: admin.purge_allow.clone(),
                 token: admin.purge_token.clone(),
                 invalidate_on: conf
@@ -165,6 +172,8 @@ impl Cache {
                     .as_ref()
                     .map(|m| purge::Bucket::per_second(m.invalidations_per_second)),
             },
+            inv,
+            tags: conf.tags.clone(),
         }
     }
 
@@ -254,6 +263,11 @@ impl Cache {
                 self.storage.release(key, true);
             }
         }
+    }
+
+    /// What `POST /purge` on the admin listener acts on.
+    pub fn purge_handle(&self) -> (&'static Tiered, &'static invalidation::Invalidator) {
+        (self.storage, self.inv)
     }
 
     /// `request_filter` for the `PURGE` method, from the real `client`.

@@ -429,4 +429,6 @@ fn delta(cc: &CacheControl, name: &str) -> pingora::Result<Option<u32>> {
 }
 
 #[cfg(test)]
+mod input_tests;
+#[cfg(test)]
 mod tests;

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 pub struct Purger {
     pub(super) storage: &'static Tiered,
+    pub(super) inv: &'static super::invalidation::Invalidator,
     pub(super) allow: Vec<Cidr>,
     pub(super) token: Option<PurgeToken>,
     pub(super) invalidate_on: Vec<http::Method>,
@@ -56,11 +57,7 @@ impl Purger {
         } else if caller == Caller::Forbidden {
             (403, "forbidden")
         } else {
-            match self
-                .storage
-                .purge_all(&key::for_request(session.req_header()), true)
-                .await
-            {
+            match self.by_headers(session.req_header()).await {
                 Ok(true) => (200, "purged"),
                 Ok(false) => (404, "not_found"),
                 Err(e) => {
@@ -80,6 +77,27 @@ impl Purger {
         resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         session.write_response_header(Box::new(resp), true).await
+    }
+
+    /// `Shellac-Purge-Tags: a b` purges those tags instead of the URL; `Shellac-Purge-Soft: 1`
+    /// marks stale instead of removing (see [`super::invalidation`]).
+    async fn by_headers(&self, req: &pingora::http::RequestHeader) -> Result<bool, String> {
+        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let soft = header("shellac-purge-soft").is_some_and(|v| v.trim() == "1");
+        let Some(list) = header("shellac-purge-tags") else {
+            return super::invalidation::url::purge(self.storage, &key::for_request(req), soft)
+                .await;
+        };
+        let tags: Vec<&str> = list.split([' ', ',']).filter(|t| !t.is_empty()).collect();
+        if tags.is_empty() || tags.len() > super::invalidation::MAX_ITEMS {
+            return Ok(false);
+        }
+        for t in tags {
+            self.inv
+                .purge(&super::invalidation::Target::Tag(t.to_string()), soft)
+                .await?;
+        }
+        Ok(true)
     }
 
     /// A bearer token, when one is configured and sent, decides alone: right is allowed from
@@ -154,7 +172,7 @@ pub(super) fn outcome(found: bool) -> pingora::cache::PurgeOutcome {
 
 /// The credentials of `Authorization: Bearer <token>` (the scheme is case-insensitive, RFC 9110
 /// §11.1).
-fn bearer(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
     scheme
         .eq_ignore_ascii_case(b"bearer ")
@@ -163,7 +181,7 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 /// Compares every byte whatever the first difference, so response time does not tell a
 /// guesser how much of the token was right. (The length is not secret: it is checked first.)
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -4,7 +4,7 @@
 
 use super::policy::stale::StaleReason;
 use super::status::{self, Facts, Served};
-use super::{policy, Cache, CacheCtx};
+use super::{policy, tags, Cache, CacheCtx};
 use crate::metrics;
 use pingora::cache::{CachePhase, NoCacheReason};
 use pingora::http::ResponseHeader;
@@ -28,6 +28,7 @@ impl Cache {
                 resp.remove_header(name);
             }
         }
+        tags::deliver(resp, &self.tags.header, self.tags.expose);
         if !cx.enabled {
             let (value, lookup) = status::uncached(cx.rule.enabled);
             resp.insert_header("cache-status", value)?;

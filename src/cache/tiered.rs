@@ -74,7 +74,7 @@ impl Tiered {
         let mut stale_l1 = None;
         if let Some(l1) = self.l1 {
             if let Some(e) = l1.entry(key) {
-                let mut purged = false;
+                let (v, mut purged) = super::invalidation::on_lookup(key, &e).await;
                 if let (Some(fleet), true) = (&self.fleet, e.check_due(now, self.purge_check)) {
                     match fleet.purged_since(key, e.created()).await {
                         Some(true) => purged = true,
@@ -84,7 +84,7 @@ impl Tiered {
                 }
                 if purged {
                     l1.remove_key(key);
-                } else if e.is_fresh(now) || self.l2.is_none() {
+                } else if (e.is_fresh(now) && v.is_keep()) || self.l2.is_none() {
                     return Ok(Some(MemoryStore::hit(&e)));
                 } else {
                     stale_l1 = Some(e);
@@ -92,7 +92,7 @@ impl Tiered {
             }
         }
         if let Some(l2) = self.l2 {
-            match l2.lookup(key, trace).await {
+            match super::invalidation::unpurged(key, l2.lookup(key, trace).await).await {
                 Ok(Some((meta, hit))) => {
                     if let Some(e) = &stale_l1 {
                         if meta.updated() <= e.updated() {

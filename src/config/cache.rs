@@ -50,6 +50,30 @@ pub struct Cache {
     /// invalidates nothing unless listed.
     #[serde(default = "unsafe_methods")]
     pub invalidate_on: Vec<String>,
+    /// Surrogate keys: the origin's tags on a response, for purging by tag.
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    /// The response header naming the tags (`Cache-Tag` is read too).
+    #[serde(default = "surrogate_key")]
+    pub header: String,
+    /// Send the tag headers on to clients (they are removed by default).
+    #[serde(default)]
+    pub expose: bool,
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every tags key has a default")
+    }
+}
+
+fn surrogate_key() -> String {
+    "Surrogate-Key".into()
 }
 
 fn unsafe_methods() -> Vec<String> {
@@ -214,6 +238,9 @@ impl Cache {
         }
         if memory.size == 0 && c.memcached.is_none() {
             return err("cache.memory.size", "0 turns the memory tier off, which needs cache.memcached; give it a size or configure memcached");
+        }
+        if http::HeaderName::from_bytes(c.tags.header.as_bytes()).is_err() {
+            return err("cache.tags.header", "must be a valid HTTP header name");
         }
         match &c.memcached {
             Some(m) => m.validate(),

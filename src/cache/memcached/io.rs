@@ -364,7 +364,7 @@ impl MemcachedStorage {
         Ok(r.status)
     }
 
-    pub(super) async fn delete_item(
+    pub(crate) async fn delete_item(
         &self,
         key: &str,
         cas: Option<u64>,

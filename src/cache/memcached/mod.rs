@@ -82,6 +82,23 @@ impl MemcachedStorage {
         self.seal.is_keyed()
     }
 
+    /// `value` as written to item `key`: with its MAC when keyed. For items other modules
+    /// write through the client themselves; [`Self::set_item`] seals on its own.
+    pub(crate) fn seal_value(&self, key: &str, value: Vec<u8>) -> Vec<u8> {
+        self.seal.seal(key, value)
+    }
+
+    /// The plain value read from item `key`, or `None` when it fails authentication (counted
+    /// and logged; the caller deletes it).
+    pub(crate) fn open_value(
+        &self,
+        kind: seal::Kind,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        self.seal.open(kind, key, value).ok()
+    }
+
     /// The breaker state of each server, for health reporting.
     pub fn server_states(&self) -> Vec<(SocketAddr, BreakerState)> {
         self.settings

@@ -38,6 +38,8 @@ pub enum Kind {
     Chunk,
     Lease,
     PurgeMarker,
+    /// Tag, host, prefix and "all" invalidation markers ([`crate::cache::invalidation`]).
+    Invalidation,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
             Kind::Chunk => "chunk",
             Kind::Lease => "lease",
             Kind::PurgeMarker => "purge_marker",
+            Kind::Invalidation => "invalidation",
         }
     }
 }
