@@ -222,7 +222,13 @@ impl Storage for MemcachedStorage {
             self.check_chunks(&hex, &head, None)
         );
         if let Ok(Some(purged)) = purged {
-            if purged >= meta.created() {
+            // A plain copy that was already stale at the purge (a soft purge expires it in
+            // place) stays, to be revalidated: it can no longer be served as fresh. Variants
+            // were never expired (they cannot be listed), so the marker retires them. The
+            // second of slack: stored times are whole seconds.
+            let stale_at_purge = meta.fresh_until() <= purged + std::time::Duration::from_secs(1);
+            let retired = meta.variance().is_some() || !stale_at_purge;
+            if purged >= meta.created() && retired {
                 count_lookup("miss");
                 self.drop_head_later(&hex, cas);
                 return Ok(None);
