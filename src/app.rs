@@ -52,7 +52,13 @@ pub fn build_with(
     if let Err(e) = crate::access_log::init(&access_log.target) {
         return Err(ConfigError {
             path: "access_log.target".into(),
-            message: format!("{:?}: {e}", access_log.target),
+            message: match &access_log.target {
+                crate::config::LogTarget::File(p) => format!(
+                    "cannot open {}: {e}; create its directory, writable by the user Shellac runs as (docs/operations.md, Install), or pick another path",
+                    p.display()
+                ),
+                other => format!("{other:?}: {e}"),
+            },
         });
     }
 
