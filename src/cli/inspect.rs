@@ -254,7 +254,9 @@ pub fn render(v: &Value) -> String {
     for m in purge["markers"].as_array().into_iter().flatten() {
         let name = format!("{} {}", or_dash(&m["kind"]), or_dash(&m["name"]));
         for mode in ["hard", "soft"] {
-            if !m[mode].is_null() {
+            // A hard purge is a soft one too: say it once.
+            let implied = mode == "soft" && m["soft"] == m["hard"];
+            if !m[mode].is_null() && !implied {
                 marks.push(format!(
                     "{} {mode} {}",
                     name.trim_end(),
