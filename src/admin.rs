@@ -1,8 +1,10 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz`, `POST /purge` ([`purge`]),
+//! `GET /cache?url=URL` (what the cache holds for a URL, in [`cache`]),
 //! `/status.json` (a summary for
 //! `shellac stat` and the status page, in [`status`]) and `/`, the status page ([`page`]). It
 //! is never the public listener; config validation refuses to share a port.
 
+pub mod cache;
 pub mod page;
 pub mod purge;
 pub mod status;
@@ -20,6 +22,9 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         if session.req_header().uri.path() == "/purge" {
             return purge::respond(session).await;
+        }
+        if session.req_header().uri.path() == "/cache" {
+            return cache::respond(session).await;
         }
         let (status, ctype, body) = match session.req_header().uri.path() {
             // A draining process shares the admin socket with its successor; answering would
@@ -55,7 +60,7 @@ impl ServeHttp for Admin {
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found; try /, /status.json, /metrics or /healthz\n".to_vec(),
+                b"not found; try /, /status.json, /cache?url=URL, /metrics or /healthz\n".to_vec(),
             ),
         };
         Response::builder()

@@ -78,6 +78,7 @@ pub fn build_with(
         server.add_service(probe);
     }
     crate::admin::purge::install(cache.purge_handle(), admin.purge_token.clone());
+    crate::admin::cache::install(cache.inspector(), admin.purge_token.clone());
     let proxy = Proxy::new(router, groups, cache, limits.clone(), clients.clone());
     let mirror = crate::mirror::Mirror::new(&routes, &mirror_limits, |n| {
         names.iter().position(|k| *k == n).expect("validated")

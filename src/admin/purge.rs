@@ -135,6 +135,22 @@ pub async fn respond(session: &mut ServerSession) -> Response<Vec<u8>> {
 }
 
 fn authorise(session: &ServerSession, token: Option<&PurgeToken>) -> Option<Response<Vec<u8>>> {
+    check(session, token, "purge")
+        .err()
+        .map(|(status, reason, msg)| refuse(status, reason, None, &msg))
+}
+
+/// Why a request was refused: status, metric reason and message.
+pub type Denied = (StatusCode, &'static str, String);
+
+/// The admin API's authorisation, shared by `/purge` and `/cache`: `Authorization: Bearer
+/// <token>` when `admin.purge_token_file` is set, else loopback clients only. `what` names the
+/// action in the message.
+pub fn check(
+    session: &ServerSession,
+    token: Option<&PurgeToken>,
+    what: &str,
+) -> Result<(), Denied> {
     match token {
         Some(secret) => {
             let given = session
@@ -143,19 +159,15 @@ fn authorise(session: &ServerSession, token: Option<&PurgeToken>) -> Option<Resp
                 .get(header::AUTHORIZATION)
                 .and_then(|v| bearer(v.as_bytes()));
             match given {
-                None => Some(refuse(
+                None => Err((
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
-                    None,
-                    "send Authorization: Bearer <token from admin.purge_token_file>",
+                    "send Authorization: Bearer <token from admin.purge_token_file>".into(),
                 )),
-                Some(t) if !constant_time_eq(t, secret.as_bytes()) => Some(refuse(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    None,
-                    "wrong token",
-                )),
-                Some(_) => None,
+                Some(t) if !constant_time_eq(t, secret.as_bytes()) => {
+                    Err((StatusCode::FORBIDDEN, "forbidden", "wrong token".into()))
+                }
+                Some(_) => Ok(()),
             }
         }
         None => {
@@ -163,14 +175,15 @@ fn authorise(session: &ServerSession, token: Option<&PurgeToken>) -> Option<Resp
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .is_some_and(|a| a.ip().is_loopback());
-            (!loopback).then(|| {
-                refuse(
+            if loopback {
+                Ok(())
+            } else {
+                Err((
                     StatusCode::FORBIDDEN,
                     "forbidden",
-                    None,
-                    "only loopback clients may purge without admin.purge_token_file",
-                )
-            })
+                    format!("only loopback clients may {what} without admin.purge_token_file"),
+                ))
+            }
         }
     }
 }
@@ -288,8 +301,8 @@ fn norm_host(h: &str) -> Option<String> {
         .then(|| Authority::parse(h).host().to_string())
 }
 
-/// `http://host[:port]/path?query`, `https://…` or `host/path`.
-fn parse_url(u: &str) -> Option<(String, String)> {
+/// `http://host[:port]/path?query`, `https://…` or `host/path`: (authority, path and query).
+pub fn parse_url(u: &str) -> Option<(String, String)> {
     let rest = u
         .strip_prefix("http://")
         .or_else(|| u.strip_prefix("https://"))

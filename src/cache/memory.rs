@@ -136,6 +136,14 @@ impl Entry {
         self.checked_ms.store(millis(now), Ordering::Relaxed);
     }
 
+    /// The stored meta as Pingora sees it on a hit (for inspection).
+    pub(crate) fn cache_meta(&self) -> CacheMeta {
+        self.meta.to_meta()
+    }
+    pub(crate) fn body_len(&self) -> usize {
+        self.body_len
+    }
+
     fn weight(&self) -> usize {
         self.body_len + self.meta.weight() + ENTRY_OVERHEAD + self.body.len() * CHUNK_OVERHEAD
     }
@@ -290,6 +298,22 @@ impl MemoryStore {
     /// The entry for `key`, for tiers that decide before serving it.
     pub(crate) fn entry(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         self.get(key128(key.combined_bin()))
+    }
+
+    /// Every copy held for `key`'s URL, without touching the LRU: the primary slot and each
+    /// indexed Vary variant, as (full key hash, entry). For inspection only.
+    pub(crate) fn peek_all(&self, key: &CacheKey) -> Vec<(u128, Arc<Entry>)> {
+        let primary = key128(key.primary_bin());
+        let mut keys = vec![primary];
+        if let Some(list) = self.variants.lock().get(&primary) {
+            keys.extend(list.iter().filter(|k| **k != primary));
+        }
+        keys.into_iter()
+            .filter_map(|k| match self.shard(k).read().get(&(k as u64)) {
+                Some((full, e)) if *full == k => Some((k, e.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// What `lookup` returns for `entry`.

@@ -7,6 +7,7 @@
 mod decide;
 mod fill;
 pub mod fleet;
+pub mod inspect;
 pub mod invalidation;
 pub mod key;
 pub mod memcached;
@@ -268,6 +269,11 @@ impl Cache {
     /// What `POST /purge` on the admin listener acts on.
     pub fn purge_handle(&self) -> (&'static Tiered, &'static invalidation::Invalidator) {
         (self.storage, self.inv)
+    }
+
+    /// What `GET /cache` on the admin listener reads (see [`inspect`]).
+    pub fn inspector(&self) -> inspect::Inspector {
+        inspect::Inspector::new(self.storage, self.inv)
     }
 
     /// `request_filter` for the `PURGE` method, from the real `client`.

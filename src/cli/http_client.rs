@@ -26,6 +26,16 @@ pub fn get(addr: &str, host: &str, target: &str, timeout: Duration) -> Result<Re
     request(addr, "GET", host, target, &[], b"", timeout)
 }
 
+/// `GET target` from `addr` with extra `headers`, sending `Host: addr`.
+pub fn get_with(
+    addr: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Response, String> {
+    request(addr, "GET", addr, target, headers, b"", timeout)
+}
+
 /// `POST target` to `addr` with `body` and extra `headers`.
 pub fn post(
     addr: &str,

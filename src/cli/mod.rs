@@ -1,9 +1,11 @@
 //! Command-line tools that talk to a running Shellac over HTTP: `shellac stat` reads the admin
 //! listener's `/status.json`; `shellac warm` requests a list of URLs through the proxy;
-//! `shellac purge` posts to the admin listener's `/purge`. They are subcommands of the one
+//! `shellac purge` posts to the admin listener's `/purge`; `shellac inspect` reads its
+//! `/cache?url=URL`. They are subcommands of the one
 //! binary, dispatched by [`dispatch`] before Pingora parses its own flags.
 
 pub mod http_client;
+pub mod inspect;
 pub mod purge;
 pub mod run;
 pub mod stat;
@@ -17,6 +19,7 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
         Some("stat") => Some(stat::main(&args[2..])),
         Some("warm") => Some(warm::main(&args[2..])),
         Some("purge") => Some(purge::main(&args[2..])),
+        Some("inspect") => Some(inspect::main(&args[2..])),
         _ => None,
     }
 }

@@ -289,6 +289,45 @@ impl Invalidator {
     }
 }
 
+impl Invalidator {
+    /// For inspection: every marker on record that names an object of `host` + `path` with
+    /// `tags`, read afresh from memcached when there is one (else this process's record), as
+    /// (kind, name, marks). `Err` when memcached could not be read.
+    pub async fn markers_for(
+        &self,
+        host: &str,
+        path: &[u8],
+        tags: &[String],
+    ) -> Result<Vec<(&'static str, String, Marks)>, String> {
+        let mut names = vec![
+            ("all", String::new(), "all".to_string()),
+            ("host", host.to_string(), format!("h:{host}")),
+            ("prefix", host.to_string(), format!("x:{host}")),
+        ];
+        names.extend(tags.iter().map(|t| ("tag", t.clone(), format!("t:{t}"))));
+        let mut out = Vec::new();
+        for (kind, name, item) in names {
+            let v = match self.l2 {
+                Some(l2) => decode(&item, remote::read(l2, &item).await?.map(|(v, _)| v)),
+                None => match self.cache.lock().get(&item) {
+                    Some((v, _)) => v.clone(),
+                    None => continue,
+                },
+            };
+            match v {
+                Value::Marks(m) if m != Marks::default() => out.push((kind, name, m)),
+                Value::Marks(_) => {}
+                Value::Registry(r) => out.extend(
+                    r.0.iter()
+                        .filter(|(p, _)| path.starts_with(p.as_bytes()))
+                        .map(|(p, m)| (kind, format!("{host}{p}"), *m)),
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn apply(v: &Value, path: &[u8]) -> Marks {
     match v {
         Value::Marks(m) => *m,

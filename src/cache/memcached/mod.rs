@@ -18,6 +18,7 @@ pub mod fleet;
 mod hit;
 mod io;
 mod miss;
+pub mod peek;
 pub mod seal;
 
 /// The shared tier's settings are the config section itself: one definition, one set of defaults.
