@@ -11,16 +11,14 @@
 //!   never waits for memcached; with L2 alone it is awaited, so local waiters find the entry.
 //! - memcached down: every L2 step fails fast (breaker) and the node behaves as memory-only.
 
+use super::fill::{Fills, TieredMiss};
 use super::fleet::Fleet;
 use super::memcached::MemcachedStorage;
 use super::memory::{MemoryStore, StoredMeta};
 use super::promote::Promote;
 use async_trait::async_trait;
-use bytes::Bytes;
-use pingora::cache::key::CacheKey;
-use pingora::cache::storage::{
-    HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
-};
+use pingora::cache::key::{CacheHashKey, CacheKey};
+use pingora::cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
@@ -33,6 +31,8 @@ pub struct Tiered {
     /// Present with L2: the fleet shares one cache through it.
     fleet: Option<Fleet>,
     purge_check: Duration,
+    /// Fills in progress, readable while they arrive (see [`super::fill`]).
+    pub(super) fills: Fills,
 }
 
 impl Tiered {
@@ -47,6 +47,7 @@ impl Tiered {
             l2,
             fleet: l2.map(|l2| Fleet::new(l2, lock_timeout)),
             purge_check,
+            fills: Fills::default(),
         }
     }
 
@@ -72,6 +73,9 @@ impl Tiered {
         key: &CacheKey,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        if let Some(found) = self.fills.lookup(key) {
+            return Ok(Some(found)); // the freshest copy there is, streaming in
+        }
         let now = SystemTime::now();
         let mut stale_l1 = None;
         if let Some(l1) = self.l1 {
@@ -137,6 +141,8 @@ impl Tiered {
     /// other node's L1 within `purge_check`. `Err` when the shared tier could not be told.
     pub async fn purge_all(&'static self, key: &CacheKey) -> std::result::Result<bool, String> {
         let compact = key.to_compact();
+        self.fills
+            .forget(u128::from_be_bytes(compact.combined_bin()));
         let mut found = self.l1.is_some_and(|l1| l1.purge_all(&compact));
         if let (Some(l2), Some(fleet)) = (self.l2, &self.fleet) {
             fleet.mark_purged(key).await?;
@@ -185,14 +191,19 @@ impl Storage for Tiered {
             None => None,
         };
         if l1.is_none() && l2.is_none() {
+            // Pingora then passes the response through uncached, as without streaming.
             return Error::e_explain(ErrorType::InternalError, "no tier can store this object");
         }
-        Ok(Box::new(TieredMiss {
-            tiered: self,
-            key: key.clone(),
-            l1,
-            l2,
-        }))
+        TieredMiss::start(self, key, meta, l1, l2)
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        _key: &CacheKey,
+        tag: Option<&[u8]>,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        Ok(self.fills.lookup_tagged(tag))
     }
 
     async fn purge(
@@ -202,6 +213,8 @@ impl Storage for Tiered {
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let mut found = false;
+        self.fills
+            .forget(u128::from_be_bytes(target.key().combined_bin()));
         if let Some(l1) = self.l1 {
             found |= matches!(l1.purge(target, ty, trace).await?, PurgeOutcome::Purged(_));
         }
@@ -229,66 +242,10 @@ impl Storage for Tiered {
     }
 
     fn support_streaming_partial_write(&self) -> bool {
-        false
+        true // see super::fill: waiters stream, and a fill outlives its client
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
-    }
-}
-
-struct TieredMiss {
-    tiered: &'static Tiered,
-    key: CacheKey,
-    l1: Option<MissHandler>,
-    l2: Option<MissHandler>,
-}
-
-#[async_trait]
-impl HandleMiss for TieredMiss {
-    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
-        // A tier that refuses (too large, memcached down) drops out; the other carries on.
-        if let Some(m) = &mut self.l1 {
-            if m.write_body(data.clone(), eof).await.is_err() {
-                self.l1 = None;
-            }
-        }
-        if let Some(m) = &mut self.l2 {
-            if m.write_body(data, eof).await.is_err() {
-                self.l2 = None;
-            }
-        }
-        if self.l1.is_none() && self.l2.is_none() {
-            return Error::e_explain(ErrorType::InternalError, "no tier accepted the body");
-        }
-        Ok(())
-    }
-
-    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let TieredMiss {
-            tiered,
-            key,
-            l1,
-            l2,
-        } = *self;
-        let mut created = None;
-        if let Some(m) = l1 {
-            created = m.finish().await.ok();
-        }
-        if let Some(m) = l2 {
-            if let Some(done) = created {
-                // L1 already serves this node; memcached is for the rest of the fleet.
-                tokio::spawn(async move {
-                    let ok = m.finish().await.is_ok();
-                    tiered.release(&key, !ok);
-                });
-                return Ok(done);
-            }
-            let r = m.finish().await;
-            tiered.release(&key, r.is_err());
-            return r;
-        }
-        tiered.release(&key, created.is_none());
-        created.ok_or_else(|| Error::explain(ErrorType::InternalError, "no tier stored the object"))
     }
 }

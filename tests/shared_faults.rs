@@ -1,0 +1,107 @@
+//! The shared tier under load and faults: clients that give up, memcached servers that die or
+//! hang mid-body, and many readers of large objects. Real memcached, real origins.
+
+mod common;
+
+use common::http::{Origin, Reply};
+use common::memcached::Memcached;
+use common::{simple_config, Shellac};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+fn cache_section(mcs: &[&Memcached], memory: &str) -> String {
+    let mut s = format!("cache:\n  lock_timeout: 10s\n  memory: {{size: {memory}}}\n");
+    if !mcs.is_empty() {
+        let list: Vec<String> = mcs.iter().map(|m| format!("\"{}\"", m.addr)).collect();
+        s += &format!(
+            "  memcached: {{servers: [{}], timeout: 300ms, purge_check: 500ms}}\n",
+            list.join(", ")
+        );
+    }
+    s
+}
+
+fn config(origin: &Origin, mcs: &[&Memcached], memory: &str) -> String {
+    format!(
+        "{}{}",
+        simple_config(&[origin], "", ", cache: true"),
+        cache_section(mcs, memory)
+    )
+}
+
+/// A client that sends its request and hangs up after `after`, before any answer.
+async fn impatient(addr: SocketAddr, target: &str, after: Duration) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return;
+    };
+    let req = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    tokio::time::sleep(after).await;
+    drop(s);
+}
+
+fn slow_origin_reply(delay: Duration) -> impl Fn(&common::http::Request) -> Reply {
+    move |req| {
+        Reply::ok(format!("body of {}", req.path()))
+            .header("Cache-Control", "max-age=300")
+            .delay(delay)
+    }
+}
+
+async fn abandoned_storm(nodes: &[Shellac], origin: &Origin) {
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let addr = nodes[i % nodes.len()].addr;
+        tasks.push(tokio::spawn(impatient(
+            addr,
+            "/storm",
+            Duration::from_millis(500),
+        )));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The fill goes on without any client: the origin answers at 2 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        origin.count(),
+        1,
+        "one origin request although every client left"
+    );
+    for n in nodes {
+        let r = n.get("/storm").await;
+        assert_eq!(r.text(), "body of /storm");
+        let status = r.header("cache-status").unwrap_or("");
+        assert!(status.contains("hit"), "a hit after the storm: {status}");
+    }
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_client_leaving_a_fill_costs_one_origin_request_and_the_fill_completes() {
+    let origin = Origin::start(slow_origin_reply(Duration::from_secs(2))).await;
+    let node = Shellac::start(&config(&origin, &[], "64MiB")).await;
+    abandoned_storm(std::slice::from_ref(&node), &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_client_leaving_a_fill_costs_one_origin_request_with_memcached_alone() {
+    let mc = Memcached::start();
+    let origin = Origin::start(slow_origin_reply(Duration::from_secs(2))).await;
+    let node = Shellac::start(&config(&origin, &[&mc], "0")).await;
+    abandoned_storm(std::slice::from_ref(&node), &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_client_leaving_a_fill_over_three_nodes_costs_one_origin_request() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let origin = Origin::start(slow_origin_reply(Duration::from_secs(2))).await;
+    let conf = config(&origin, &[&a, &b], "64MiB");
+    let nodes = vec![
+        Shellac::start(&conf).await,
+        Shellac::start(&conf).await,
+        Shellac::start(&conf).await,
+    ];
+    abandoned_storm(&nodes, &origin).await;
+}
