@@ -105,3 +105,62 @@ async fn every_client_leaving_a_fill_over_three_nodes_costs_one_origin_request()
     ];
     abandoned_storm(&nodes, &origin).await;
 }
+
+/// One round over `paths`; returns how many the origin had to answer.
+async fn round(node: &Shellac, origin: &Origin, paths: &[String]) -> usize {
+    let before = origin.count();
+    for p in paths {
+        let r = node.get(p).await;
+        assert_eq!((r.status, r.text()), (200, format!("body of {p}")));
+    }
+    origin.count() - before
+}
+
+fn heads(mc: &Memcached) -> usize {
+    mc.keys().iter().filter(|k| k.contains(":h:")).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_servers_keys_are_served_from_the_next_server_and_move_back() {
+    let (mut a, b) = (Memcached::start(), Memcached::start());
+    let origin = Origin::start(slow_origin_reply(Duration::ZERO)).await;
+    let conf = format!(
+        "{}cache:\n  memory: {{size: 0}}\n  memcached: {{servers: [\"{}\", \"{}\"], timeout: 100ms, breaker_open_for: 1s}}\n",
+        simple_config(&[&origin], "", ", cache: true"),
+        a.addr,
+        b.addr
+    );
+    let node = Shellac::start(&conf).await;
+    let paths: Vec<String> = (0..40).map(|i| format!("/k/{i}")).collect();
+    assert_eq!(round(&node, &origin, &paths).await, 40);
+    assert_eq!(round(&node, &origin, &paths).await, 0, "all memcached hits");
+    let on_a = heads(&a);
+    assert!(on_a >= 5 && heads(&b) >= 5, "both servers hold keys");
+    a.kill();
+    // The first rounds find a's keys nowhere (the first few while its breaker opens, which
+    // also fail to store); they are stored on b.
+    round(&node, &origin, &paths).await;
+    round(&node, &origin, &paths).await;
+    let refetched = round(&node, &origin, &paths).await;
+    // At most a probe of the dead server per round misses.
+    assert!(
+        refetched <= 2,
+        "a's {on_a} keys are hits on b while a is down: {refetched} origin requests"
+    );
+    assert!(heads(&b) >= 40 - 2, "b holds a's keys too: {}", heads(&b));
+    // Back (empty, as a restarted memcached is): a's keys go home once its probe succeeds.
+    a.restart();
+    let t = std::time::Instant::now();
+    loop {
+        let misses = round(&node, &origin, &paths).await;
+        if misses == 0 && heads(&a) >= on_a {
+            break; // every key of a is stored on a again, and a round is all hits
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a's keys did not come back: {} of {on_a} heads on a",
+            heads(&a)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

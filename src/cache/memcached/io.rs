@@ -61,7 +61,7 @@ fn is_transport(e: &memcache::exp::Error) -> bool {
 impl MemcachedStorage {
     pub(super) fn builder(&self) -> memcache::exp::MetaClientBuilder {
         AsyncMetaClient::builder()
-            .router(StableRendezvous)
+            .router(StableRendezvous(self.breakers.clone()))
             .io_timeout(Some(self.settings.timeout))
             .connect_timeout(Some(self.settings.timeout))
             .max_idle(32)
@@ -119,8 +119,10 @@ impl MemcachedStorage {
         Ok(())
     }
 
+    /// The server `key` goes to now: its rendezvous server, or the next one while that one's
+    /// breaker is open.
     pub(super) fn server_of(&self, key: &str) -> usize {
-        breaker::route(key.as_bytes(), &self.ids)
+        breaker::route_where(key.as_bytes(), &self.ids, |i| self.breakers.routable(i))
     }
 
     pub(super) fn label(&self, server: usize) -> &str {

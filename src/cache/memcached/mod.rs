@@ -49,7 +49,7 @@ pub struct MemcachedStorage {
     /// Server identities as the router sees them (`SocketAddr` display form).
     ids: Vec<String>,
     client: OnceCell<AsyncMetaClient>,
-    breakers: Breakers,
+    breakers: std::sync::Arc<Breakers>,
 }
 
 impl MemcachedStorage {
@@ -62,7 +62,11 @@ impl MemcachedStorage {
         settings.write_concurrency = settings.write_concurrency.max(1);
         let ids: Vec<String> = settings.servers.iter().map(|s| s.to_string()).collect();
         MemcachedStorage {
-            breakers: Breakers::new(&ids, settings.breaker_failures, settings.breaker_open_for),
+            breakers: std::sync::Arc::new(Breakers::new(
+                &ids,
+                settings.breaker_failures,
+                settings.breaker_open_for,
+            )),
             ids,
             settings,
             client: OnceCell::new(),
