@@ -3,12 +3,13 @@
 
 mod common;
 
-use common::http::{Origin, Reply};
+use common::http::{Origin, Reply, Request};
 use common::memcached::Memcached;
 use common::{simple_config, Shellac};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 fn cache_section(mcs: &[&Memcached], memory: &str) -> String {
     let mut s = format!("cache:\n  lock_timeout: 10s\n  memory: {{size: {memory}}}\n");
@@ -163,4 +164,132 @@ async fn a_dead_servers_keys_are_served_from_the_next_server_and_move_back() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+const BIG: usize = 20 << 20;
+
+fn big_body() -> Arc<Vec<u8>> {
+    Arc::new(common::pseudo_random(BIG, 7))
+}
+
+/// An origin for `/big` that honours `Range` + `If-Range` against its ETag, or (`validator`
+/// false) sends no validator at all.
+fn ranged_origin(body: Arc<Vec<u8>>, validator: bool) -> impl Fn(&Request) -> Reply {
+    move |req| {
+        let etag = "\"v1\"";
+        let whole = || {
+            let r = Reply::ok(body.as_slice().to_vec()).header("Cache-Control", "max-age=300");
+            if validator {
+                r.header("ETag", etag)
+            } else {
+                r
+            }
+        };
+        let Some(range) = req.header("range") else {
+            return whole();
+        };
+        if !validator || req.header("if-range") != Some(etag) {
+            return whole();
+        }
+        let (a, b) = range
+            .trim_start_matches("bytes=")
+            .split_once('-')
+            .expect("a single range");
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        Reply::new(206, body[a..=b].to_vec())
+            .header("ETag", etag)
+            .header("Content-Range", format!("bytes {a}-{b}/{}", body.len()))
+    }
+}
+
+/// Reads a response on a raw connection, calling `mid_body` once `at` body bytes are in.
+/// Returns the Content-Length and the body bytes received before the stream ended.
+async fn read_with_pause(addr: SocketAddr, at: usize, mid_body: impl FnOnce()) -> (usize, Vec<u8>) {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = tokio::io::BufReader::new(s);
+    s.get_mut()
+        .write_all(b"GET /big HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut len = None;
+    loop {
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = Some(v.trim().parse::<usize>().unwrap());
+            }
+        }
+    }
+    let len = len.expect("a Content-Length");
+    let mut body = vec![0; at];
+    s.read_exact(&mut body).await.unwrap();
+    mid_body();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => body.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the response neither finished nor ended"),
+        }
+    }
+    (len, body)
+}
+
+fn stream_config(origin: &Origin, mc: &Memcached) -> String {
+    format!(
+        "{}cache:\n  memory: {{size: 0}}\n  memcached: {{servers: [\"{}\"], timeout: 100ms, body_timeout: 300ms, chunk_size: 256KiB}}\n",
+        simple_config(&[origin], "", ", cache: true"),
+        mc.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_hung_mid_body_the_rest_comes_from_the_origin_byte_exact() {
+    let mc = Memcached::start();
+    let body = big_body();
+    let origin = Origin::start(ranged_origin(body.clone(), true)).await;
+    let node = Shellac::start(&stream_config(&origin, &mc)).await;
+    assert_eq!(node.get("/big").await.body.len(), BIG);
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    let (len, got) = read_with_pause(node.addr, 1 << 20, || mc.pause()).await;
+    mc.resume();
+    assert_eq!(len, BIG);
+    assert_eq!(got.len(), BIG, "the whole body");
+    assert!(got == *body, "byte-exact");
+    let ranged: Vec<_> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.header("range").is_some())
+        .collect();
+    assert_eq!(ranged.len(), 1, "the rest came from the origin");
+    assert_eq!(ranged[0].header("if-range"), Some("\"v1\""));
+    let resumed = node
+        .metric("shellac_cache_body_resumes_total", &[("result", "resumed")])
+        .await;
+    assert_eq!(resumed, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memcached_hung_mid_body_without_a_validator_aborts_never_short() {
+    let mc = Memcached::start();
+    let body = big_body();
+    let origin = Origin::start(ranged_origin(body.clone(), false)).await;
+    let node = Shellac::start(&stream_config(&origin, &mc)).await;
+    assert_eq!(node.get("/big").await.body.len(), BIG);
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    let (len, got) = read_with_pause(node.addr, 1 << 20, || mc.pause()).await;
+    mc.resume();
+    assert_eq!(len, BIG);
+    // Cut: the client can tell (fewer bytes than Content-Length, connection closed), and what
+    // it got is a true prefix.
+    assert!(got.len() < BIG, "aborted");
+    assert!(got[..] == body[..got.len()], "a true prefix");
+    let aborted = node
+        .metric("shellac_cache_body_resumes_total", &[("result", "aborted")])
+        .await;
+    assert_eq!(aborted, 1.0);
 }

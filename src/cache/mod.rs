@@ -11,6 +11,7 @@ pub mod memory;
 pub mod policy;
 mod promote;
 pub mod purge;
+pub mod resume;
 pub mod status;
 pub mod stored;
 pub mod tiered;
@@ -79,6 +80,13 @@ pub struct CacheCtx {
     tier: Option<&'static str>,
     /// The response body comes from the cache (counted as served bytes).
     pub from_cache: bool,
+}
+
+impl CacheCtx {
+    /// The tier that answered the lookup, once `cache_hit_filter` ran.
+    pub fn tier(&self) -> Option<&'static str> {
+        self.tier
+    }
 }
 
 /// Request-dependent refusals: the Predictor must not remember them for the URL.
