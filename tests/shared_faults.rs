@@ -239,9 +239,9 @@ async fn read_with_pause(addr: SocketAddr, at: usize, mid_body: impl FnOnce()) -
     (len, body)
 }
 
-fn stream_config(origin: &Origin, mc: &Memcached) -> String {
+fn stream_config(origin: &Origin, mc: &Memcached, timeout: &str, body_timeout: &str) -> String {
     format!(
-        "{}cache:\n  memory: {{size: 0}}\n  memcached: {{servers: [\"{}\"], timeout: 100ms, body_timeout: 300ms, chunk_size: 256KiB}}\n",
+        "{}cache:\n  memory: {{size: 0}}\n  memcached: {{servers: [\"{}\"], timeout: {timeout}, body_timeout: {body_timeout}, chunk_size: 256KiB}}\n",
         simple_config(&[origin], "", ", cache: true"),
         mc.addr
     )
@@ -252,7 +252,7 @@ async fn memcached_hung_mid_body_the_rest_comes_from_the_origin_byte_exact() {
     let mc = Memcached::start();
     let body = big_body();
     let origin = Origin::start(ranged_origin(body.clone(), true)).await;
-    let node = Shellac::start(&stream_config(&origin, &mc)).await;
+    let node = Shellac::start(&stream_config(&origin, &mc, "100ms", "300ms")).await;
     assert_eq!(node.get("/big").await.body.len(), BIG);
     common::memcached::wait_for_heads(&[&mc], 1).await;
     let (len, got) = read_with_pause(node.addr, 1 << 20, || mc.pause()).await;
@@ -278,7 +278,7 @@ async fn memcached_hung_mid_body_without_a_validator_aborts_never_short() {
     let mc = Memcached::start();
     let body = big_body();
     let origin = Origin::start(ranged_origin(body.clone(), false)).await;
-    let node = Shellac::start(&stream_config(&origin, &mc)).await;
+    let node = Shellac::start(&stream_config(&origin, &mc, "100ms", "300ms")).await;
     assert_eq!(node.get("/big").await.body.len(), BIG);
     common::memcached::wait_for_heads(&[&mc], 1).await;
     let (len, got) = read_with_pause(node.addr, 1 << 20, || mc.pause()).await;
@@ -292,4 +292,89 @@ async fn memcached_hung_mid_body_without_a_validator_aborts_never_short() {
         .metric("shellac_cache_body_resumes_total", &[("result", "aborted")])
         .await;
     assert_eq!(aborted, 1.0);
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Reads a whole response on a raw connection and keeps only its byte count and a checksum.
+async fn drain(addr: SocketAddr, target: &str) -> (usize, u64) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0; 64 * 1024];
+    let (mut head, mut n, mut sum) = (Vec::new(), 0usize, 0u64);
+    let mut in_body = false;
+    loop {
+        let got = s.read(&mut buf).await.unwrap();
+        if got == 0 {
+            break;
+        }
+        let mut data = &buf[..got];
+        if !in_body {
+            head.extend_from_slice(data);
+            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let body_start = end + 4 - (head.len() - got);
+            data = &buf[body_start..got];
+            in_body = true;
+        }
+        n += data.len();
+        sum = data
+            .iter()
+            .fold(sum, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
+    }
+    (n, sum)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_readers_of_a_20_mib_memcached_object_hold_a_few_chunks_each() {
+    let mc = Memcached::start();
+    let body = big_body();
+    let expect = body
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let origin = Origin::start(ranged_origin(body.clone(), true)).await;
+    let node = Shellac::start(&stream_config(&origin, &mc, "1s", "5s")).await;
+    assert_eq!(drain(node.addr, "/big").await, (BIG, expect));
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    assert_eq!(drain(node.addr, "/big").await, (BIG, expect), "warm");
+    let baseline = vm_rss_kib(node.pid());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, pid) = (stop.clone(), node.pid());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(vm_rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let readers: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(drain(node.addr, "/big")))
+        .collect();
+    for r in readers {
+        assert_eq!(
+            r.await.unwrap(),
+            (BIG, expect),
+            "every reader gets the object"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert_eq!(origin.count(), 1, "all from memcached");
+    let grown_mib = peak.saturating_sub(baseline) / 1024;
+    // Held whole, 200 readers would need 4000 MiB; two 256 KiB chunks each (the one being
+    // sent and the next) plus the paced reads in flight is ~120 MiB.
+    eprintln!("peak RSS grew {grown_mib} MiB for 200 readers");
+    assert!(
+        grown_mib < 200,
+        "peak RSS grew {grown_mib} MiB for 200 readers"
+    );
 }

@@ -18,6 +18,7 @@ pub mod fleet;
 mod hit;
 mod io;
 mod miss;
+mod stream;
 
 /// The shared tier's settings are the config section itself: one definition, one set of defaults.
 pub use crate::config::Memcached as MemcachedSettings;
