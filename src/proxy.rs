@@ -126,6 +126,20 @@ fn no_backend() -> Box<Error> {
     )
 }
 
+/// Whether the client of a request whose body is complete has closed its connection. Polls the
+/// connection once, as Pingora's own body pump does (pipelined bytes are kept for later).
+async fn client_gone(session: &mut Session) -> bool {
+    if !session.is_body_done() || session.subrequest_ctx.is_some() {
+        return false;
+    }
+    let poll = session.downstream_session.read_body_or_idle(true);
+    // A zero timeout polls the read once: ready only if the client closed (or misbehaved).
+    matches!(
+        tokio::time::timeout(std::time::Duration::ZERO, poll).await,
+        Ok(Err(_))
+    )
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -262,6 +276,14 @@ impl ProxyHttp for Proxy {
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if session.cache.lock_duration().is_some() && client_gone(session).await {
+            // A waiter elected writer after a failed fill, for a client that left: nobody to
+            // fetch for. The next request with a client fetches instead.
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "the client left while waiting for a fill; not fetching for nobody",
+            );
+        }
         self.cache.before_upstream(session, &mut ctx.cache).await
     }
 

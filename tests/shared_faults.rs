@@ -378,3 +378,189 @@ async fn two_hundred_readers_of_a_20_mib_memcached_object_hold_a_few_chunks_each
         "peak RSS grew {grown_mib} MiB for 200 readers"
     );
 }
+
+/// An origin that sends `body` over about `over`, in 40 pieces; counts its requests.
+async fn trickling_origin(
+    body: Arc<Vec<u8>>,
+    over: Duration,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (body, c) = (body.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !req.starts_with(b"GET ") {
+                    return; // health checks and the like
+                }
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nCache-Control: max-age=300\r\n\r\n",
+                    body.len()
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for piece in body.chunks(body.len().div_ceil(40)) {
+                    if s.write_all(piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(over / 40).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Time to the first body byte, then the whole body's length and checksum.
+async fn first_byte_then_drain(addr: SocketAddr, target: &str) -> (Duration, usize, u64) {
+    let t = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0; 64 * 1024];
+    let (mut head, mut n, mut sum, mut first) = (Vec::new(), 0usize, 0u64, None);
+    loop {
+        let got = s.read(&mut buf).await.unwrap();
+        if got == 0 {
+            break;
+        }
+        let mut data = &buf[..got];
+        if first.is_none() {
+            head.extend_from_slice(data);
+            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            data = &buf[end + 4 - (head.len() - got)..got];
+            if data.is_empty() {
+                head.clear();
+                head.extend_from_slice(b"\r\n\r\n"); // header done, body not yet
+                continue;
+            }
+            first = Some(t.elapsed());
+        }
+        n += data.len();
+        sum = data
+            .iter()
+            .fold(sum, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
+    }
+    (first.unwrap_or(t.elapsed()), n, sum)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coalesced_waiters_get_the_body_as_it_arrives_not_at_its_end() {
+    let body = Arc::new(common::pseudo_random(4 << 20, 3));
+    let expect = body
+        .iter()
+        .fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let (origin, count) = trickling_origin(body.clone(), Duration::from_secs(2)).await;
+    let conf = format!(
+        "upstreams:\n  app:\n    backends: [\"{origin}\"]\nroutes:\n  - {{host: \"*\", path_prefix: /, upstream: app, cache: true}}\ncache:\n  lock_timeout: 10s\n  memory: {{size: 64MiB, max_object: 8MiB}}\n"
+    );
+    let node = Shellac::start(&conf).await;
+    let readers: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(first_byte_then_drain(node.addr, "/slow")))
+        .collect();
+    let mut firsts = Vec::new();
+    for r in readers {
+        let (first, n, sum) = r.await.unwrap();
+        assert_eq!(
+            (n, sum),
+            (body.len(), expect),
+            "every waiter gets the whole body"
+        );
+        firsts.push(first);
+    }
+    firsts.sort();
+    let median = firsts[firsts.len() / 2];
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one fill"
+    );
+    // Without streaming to waiters they would all wait for the 2 s fill to end.
+    assert!(
+        median < Duration::from_millis(1000),
+        "median first byte after {median:?}"
+    );
+    eprintln!("median time to first body byte: {median:?}");
+}
+
+/// An origin whose first GET hangs for `fail_after` and is then dropped unanswered; later
+/// GETs get a cacheable answer at once. Counts GETs.
+async fn failing_first_origin(
+    fail_after: Duration,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !req.starts_with(b"GET ") {
+                    return;
+                }
+                if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(fail_after).await;
+                    return; // dropped unanswered
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=300\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiters_whose_clients_left_do_not_fetch_after_a_failed_fill() {
+    let (origin, count) = failing_first_origin(Duration::from_secs(1)).await;
+    let conf = format!(
+        "upstreams:\n  app:\n    backends: [\"{origin}\"]\nroutes:\n  - {{host: \"*\", path_prefix: /, upstream: app, cache: true}}\ncache:\n  lock_timeout: 10s\n"
+    );
+    let node = Shellac::start(&conf).await;
+    let clients: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(impatient(node.addr, "/gone", Duration::from_millis(300))))
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    // The fill fails at 1 s; every waiter is then elected writer in turn, for nobody.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no origin request for clients that left"
+    );
+    let r = node.get("/gone").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
