@@ -10,6 +10,8 @@
 //! - Fill: both tiers. With L1 present the L2 commit finishes in the background, so the client
 //!   never waits for memcached; with L2 alone it is awaited, so local waiters find the entry.
 //! - memcached down: every L2 step fails fast (breaker) and the node behaves as memory-only.
+//! - A fill in progress is readable while it arrives, by its writer and its waiters, and goes
+//!   on when its client leaves (streaming partial write, [`super::fill`]).
 
 use super::fill::{Fills, TieredMiss};
 use super::fleet::Fleet;
