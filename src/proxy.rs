@@ -365,6 +365,9 @@ impl ProxyHttp for Proxy {
             );
         }
         forward::upstream_response(resp);
+        if ctx.cache.enabled {
+            crate::cache::fill::measure_in_tiers(session, resp);
+        }
         self.cache
             .upstream_response(session, resp, &mut ctx.cache)
             .await;

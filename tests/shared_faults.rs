@@ -564,3 +564,37 @@ async fn waiters_whose_clients_left_do_not_fetch_after_a_failed_fill() {
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_length_response_over_max_object_reaches_the_writer_and_every_waiter() {
+    let body = Arc::new(common::pseudo_random(3 << 20, 5));
+    let b = body.clone();
+    let origin = Origin::start(move |_| {
+        Reply::ok(b.as_slice().to_vec())
+            .header("Cache-Control", "max-age=300")
+            .chunked()
+            .delay(Duration::from_millis(500))
+    })
+    .await;
+    let node = Shellac::start(&format!(
+        "{}cache: {{lock_timeout: 10s, memory: {{size: 8MiB, max_object: 1MiB}}}}\n",
+        simple_config(&[&origin], "", ", cache: true")
+    ))
+    .await;
+    let clients: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(common::http::get(node.addr, "/chunked")))
+        .collect();
+    for c in clients {
+        let r = c
+            .await
+            .unwrap()
+            .expect("a complete response, not an aborted one");
+        assert_eq!(r.status, 200);
+        assert!(r.body == *body, "the whole body");
+    }
+    assert_eq!(origin.count(), 1, "the waiters shared the one fetch");
+    // Not stored: the next request goes to the origin, and still gets all of it.
+    let r = node.get("/chunked").await;
+    assert!(r.body == *body);
+    assert_eq!(origin.count(), 2);
+}

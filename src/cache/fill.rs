@@ -27,8 +27,9 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use tokio::sync::watch;
 
 fn key128(b: pingora::cache::key::HashBinary) -> u128 {
@@ -48,23 +49,83 @@ struct Progress {
     end: End,
 }
 
+/// How far behind the origin a reader of a pass-through fill may fall before it is cut off.
+const PASS_WINDOW: usize = 16 << 20;
+
+#[derive(Default)]
+struct Chunks {
+    list: VecDeque<Bytes>,
+    /// Dropped from the front (pass-through only): every reader is past them.
+    trimmed_bytes: usize,
+    trimmed_chunks: usize,
+}
+
 pub(super) struct Fill {
     tag: u64,
     key: u128,
     internal: Vec<u8>,
     header: Vec<u8>,
-    chunks: Mutex<Vec<Bytes>>,
+    chunks: Mutex<Chunks>,
     progress: watch::Sender<Progress>,
+    /// Where each reader is, so a pass-through fill can drop what all of them sent.
+    readers: Mutex<Vec<Weak<AtomicUsize>>>,
+    /// No tier stores this fill any more (over their size limits): it only streams.
+    passing: AtomicBool,
 }
 
 impl Fill {
+    fn new(tag: u64, key: u128, internal: Vec<u8>, header: Vec<u8>) -> Fill {
+        let (tx, _) = watch::channel(Progress {
+            len: 0,
+            end: End::Open,
+        });
+        Fill {
+            tag,
+            key,
+            internal,
+            header,
+            chunks: Mutex::new(Chunks::default()),
+            progress: tx,
+            readers: Mutex::new(Vec::new()),
+            passing: AtomicBool::new(false),
+        }
+    }
+
     fn push(&self, data: Bytes) {
         if data.is_empty() {
             return;
         }
         let n = data.len();
-        self.chunks.lock().push(data);
+        let mut c = self.chunks.lock();
+        c.list.push_back(data);
+        if self.passing.load(Ordering::Relaxed) {
+            self.trim(&mut c);
+        }
+        drop(c);
         self.progress.send_modify(|p| p.len += n);
+    }
+
+    /// Pass-through: drops the chunks every live reader has sent, so memory follows the
+    /// slowest reader, and that one may fall at most [`PASS_WINDOW`] behind.
+    fn trim(&self, c: &mut Chunks) {
+        let written = c.trimmed_bytes + c.list.iter().map(Bytes::len).sum::<usize>();
+        let mut readers = self.readers.lock();
+        readers.retain(|r| r.strong_count() > 0);
+        let min = readers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|p| p.load(Ordering::Relaxed))
+            .filter(|&p| written - p <= PASS_WINDOW) // laggards are cut off
+            .min()
+            .unwrap_or(written);
+        while let Some(front) = c.list.front() {
+            if c.trimmed_bytes + front.len() > min {
+                break;
+            }
+            c.trimmed_bytes += front.len();
+            c.trimmed_chunks += 1;
+            c.list.pop_front();
+        }
     }
 
     fn end(&self, end: End) {
@@ -79,14 +140,7 @@ impl Fill {
 
     fn reader(self: &Arc<Self>) -> Result<(CacheMeta, HitHandler)> {
         let meta = CacheMeta::deserialize(&self.internal, &self.header)?;
-        let reader = FillReader {
-            fill: self.clone(),
-            progress: self.progress.subscribe(),
-            pos: 0,
-            chunk: 0,
-            chunk_start: 0,
-        };
-        Ok((meta, Box::new(reader)))
+        Ok((meta, Box::new(FillReader::new(self))))
     }
 }
 
@@ -107,18 +161,12 @@ pub(super) struct Fills {
 impl Fills {
     fn start(&self, key: &CacheKey, meta: &CacheMeta) -> Result<Arc<Fill>> {
         let (internal, header) = meta.serialize()?;
-        let (tx, _) = watch::channel(Progress {
-            len: 0,
-            end: End::Open,
-        });
-        let fill = Arc::new(Fill {
-            tag: rand::random(),
-            key: key128(key.combined_bin()),
+        let fill = Arc::new(Fill::new(
+            rand::random(),
+            key128(key.combined_bin()),
             internal,
             header,
-            chunks: Mutex::new(Vec::new()),
-            progress: tx,
-        });
+        ));
         let mut r = self.registry.lock();
         r.by_key.insert(fill.key, fill.clone());
         r.by_tag.insert(fill.tag, fill.clone());
@@ -157,6 +205,41 @@ impl Fills {
         {
             r.by_key.remove(&fill.key);
         }
+    }
+
+    /// No tier will store `fill`: it goes on streaming to the readers it has (and its writer's
+    /// client), new requests go to the origin, and it keeps only what its readers still need.
+    fn pass_through(&self, fill: &Arc<Fill>) {
+        {
+            let mut r = self.registry.lock();
+            if r.by_key
+                .get(&fill.key)
+                .is_some_and(|f| Arc::ptr_eq(f, fill))
+            {
+                r.by_key.remove(&fill.key);
+            }
+        }
+        if !fill.passing.swap(true, Ordering::Relaxed) {
+            fill.trim(&mut fill.chunks.lock());
+        }
+    }
+}
+
+/// `upstream_response_filter`: a response of unknown length is measured by the tiers (each
+/// drops out past its `max_object`, and the fill then passes through), not by Pingora's
+/// `max_file_size`, which would fail it mid-body for the writer and every reader of its fill.
+/// A declared `Content-Length` over the limit is still refused up front by Pingora.
+pub fn measure_in_tiers(
+    session: &mut pingora::proxy::Session,
+    resp: &pingora::http::ResponseHeader,
+) {
+    use pingora::cache::CachePhase;
+    let miss = matches!(
+        session.cache.phase(),
+        CachePhase::Miss | CachePhase::Expired
+    );
+    if miss && !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
+        session.cache.set_max_file_size_bytes(usize::MAX);
     }
 }
 
@@ -211,7 +294,7 @@ impl HandleMiss for TieredMiss {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
         self.fill.push(data.clone());
         // A tier that refuses (too large, memcached down) drops out; the other carries on, and
-        // with neither the fill still streams to its readers (bounded by `max_file_size`).
+        // with neither the fill still streams to its readers (pass-through).
         if let Some(m) = &mut self.l1 {
             if m.write_body(data.clone(), eof).await.is_err() {
                 self.l1 = None;
@@ -221,6 +304,9 @@ impl HandleMiss for TieredMiss {
             if m.write_body(data, eof).await.is_err() {
                 self.l2 = None;
             }
+        }
+        if self.l1.is_none() && self.l2.is_none() {
+            self.tiered.fills.pass_through(&self.fill);
         }
         Ok(())
     }
@@ -268,9 +354,26 @@ struct FillReader {
     fill: Arc<Fill>,
     progress: watch::Receiver<Progress>,
     pos: usize,
-    /// The chunk holding `pos` and where it starts.
+    /// `pos` as the fill sees it (for pass-through trimming).
+    at: Arc<AtomicUsize>,
+    /// The chunk holding `pos` and where it starts (absolute: counting trimmed chunks).
     chunk: usize,
     chunk_start: usize,
+}
+
+impl FillReader {
+    fn new(fill: &Arc<Fill>) -> FillReader {
+        let at = Arc::new(AtomicUsize::new(0));
+        fill.readers.lock().push(Arc::downgrade(&at));
+        FillReader {
+            fill: fill.clone(),
+            progress: fill.progress.subscribe(),
+            pos: 0,
+            at,
+            chunk: 0,
+            chunk_start: 0,
+        }
+    }
 }
 
 #[async_trait]
@@ -283,13 +386,25 @@ impl HandleHit for FillReader {
             .await
             .map_err(|_| Error::explain(ErrorType::InternalError, "fill vanished"))?;
         if pos < p.len {
-            let chunks = self.fill.chunks.lock();
-            while self.chunk_start + chunks[self.chunk].len() <= pos {
-                self.chunk_start += chunks[self.chunk].len();
-                self.chunk += 1;
+            let c = self.fill.chunks.lock();
+            if pos < c.trimmed_bytes {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "this reader fell too far behind an uncacheable fill",
+                );
             }
-            let out = chunks[self.chunk].slice(pos - self.chunk_start..);
+            if self.chunk < c.trimmed_chunks {
+                (self.chunk, self.chunk_start) = (c.trimmed_chunks, c.trimmed_bytes);
+            }
+            let mut local = self.chunk - c.trimmed_chunks;
+            while self.chunk_start + c.list[local].len() <= pos {
+                self.chunk_start += c.list[local].len();
+                self.chunk += 1;
+                local += 1;
+            }
+            let out = c.list[local].slice(pos - self.chunk_start..);
             self.pos += out.len();
+            self.at.store(self.pos, Ordering::Relaxed);
             return Ok(Some(out));
         }
         match p.end {
@@ -328,28 +443,50 @@ mod tests {
     use super::*;
 
     fn fill() -> Arc<Fill> {
-        let (tx, _) = watch::channel(Progress {
-            len: 0,
-            end: End::Open,
-        });
-        Arc::new(Fill {
-            tag: 1,
-            key: 1,
-            internal: Vec::new(),
-            header: Vec::new(),
-            chunks: Mutex::new(Vec::new()),
-            progress: tx,
-        })
+        Arc::new(Fill::new(1, 1, Vec::new(), Vec::new()))
     }
 
     fn reader(f: &Arc<Fill>) -> FillReader {
-        FillReader {
-            fill: f.clone(),
-            progress: f.progress.subscribe(),
-            pos: 0,
-            chunk: 0,
-            chunk_start: 0,
+        FillReader::new(f)
+    }
+
+    #[tokio::test]
+    async fn a_pass_through_fill_keeps_only_what_its_readers_still_need() {
+        let f = fill();
+        let mut a = reader(&f);
+        let mut b = reader(&f);
+        for _ in 0..4 {
+            f.push(Bytes::from(vec![1u8; 1000]));
         }
+        f.passing.store(true, Ordering::Relaxed);
+        for _ in 0..2 {
+            a.read_body().await.unwrap().unwrap();
+        }
+        b.read_body().await.unwrap().unwrap();
+        f.push(Bytes::from(vec![2u8; 1000]));
+        // b is at 1000, a at 2000: the first chunk went.
+        assert_eq!(f.chunks.lock().trimmed_bytes, 1000);
+        drop(b);
+        f.push(Bytes::from(vec![3u8; 1000]));
+        assert_eq!(
+            f.chunks.lock().trimmed_bytes,
+            2000,
+            "gone readers do not hold memory"
+        );
+        let mut rest = 0;
+        f.end(End::Complete);
+        while let Some(x) = a.read_body().await.unwrap() {
+            rest += x.len();
+        }
+        assert_eq!(rest, 4000, "the reader left gets every byte");
+        // A reader further behind than the window is cut off with an error.
+        let g = fill();
+        let mut slow = reader(&g);
+        g.passing.store(true, Ordering::Relaxed);
+        for _ in 0..=(PASS_WINDOW / 65536) {
+            g.push(Bytes::from(vec![0u8; 65536]));
+        }
+        assert!(slow.read_body().await.is_err());
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! the two tiers in [`tiered`] (with [`fleet`] coordinating nodes); this module wires them to
 //! Pingora's cache state machine.
 
-mod fill;
+pub mod fill;
 pub mod fleet;
 pub mod key;
 pub mod memcached;
