@@ -255,14 +255,12 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
         let forced = self.cache.on_hit(session, meta, hit, &mut ctx.cache);
-        if ctx.cache.tier() == Some("memcached") {
-            // A body that fails after the header continues from the origin, or is aborted.
-            let group = self.group(ctx);
-            let req = session.req_header();
-            crate::cache::resume::guard(hit, req, meta, || {
-                group.select_for(req, |_| false).map(|b| group.peer(&b))
-            });
-        }
+        // A memcached body that fails after the header continues from the origin, or is aborted.
+        let group = self.group(ctx);
+        let req = session.req_header();
+        crate::cache::resume::guard(&ctx.cache, hit, req, meta, || {
+            group.select_for(req, |_| false).map(|b| group.peer(&b))
+        });
         Ok(forced)
     }
 

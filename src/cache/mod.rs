@@ -82,13 +82,6 @@ pub struct CacheCtx {
     pub from_cache: bool,
 }
 
-impl CacheCtx {
-    /// The tier that answered the lookup, once `cache_hit_filter` ran.
-    pub fn tier(&self) -> Option<&'static str> {
-        self.tier
-    }
-}
-
 /// Request-dependent refusals: the Predictor must not remember them for the URL.
 fn request_specific(label: &'static str) -> bool {
     Refusal::from_label(label).is_some_and(Refusal::request_specific)

@@ -165,15 +165,19 @@ impl Resumable {
     }
 }
 
-/// Makes a shared-tier hit resumable from the origin (see the module docs); `peer` picks the
+/// `cache_hit_filter`, after [`super::Cache::on_hit`]: makes a shared-tier hit resumable from the origin (see the module docs); `peer` picks the
 /// origin the rest would come from. A hit that cannot be resumed safely is still wrapped, so its
 /// abort is counted.
 pub fn guard(
+    cx: &super::CacheCtx,
     hit: &mut HitHandler,
     req: &RequestHeader,
     meta: &CacheMeta,
     peer: impl FnOnce() -> Option<HttpPeer>,
 ) {
+    if cx.tier != Some("memcached") {
+        return; // memory hits cannot fail mid-body
+    }
     let source = peer().and_then(|p| Source::new(p, req, meta));
     let inner = std::mem::replace(hit, Box::new(Taken));
     *hit = Resumable::wrap(inner, source, meta);
