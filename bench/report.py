@@ -21,7 +21,8 @@ conns = sorted({int(r["conns"]) for r in rows})
 proxies = list(dict.fromkeys(r["proxy"] for r in rows))
 order = ["nginx", "varnish", "shellac", "shellac-tiered", "shellac-mc"]
 proxies.sort(key=lambda p: order.index(p) if p in order else len(order))
-names = {"hit1k": "1 KiB hit", "hit256k": "256 KiB hit", "dyn": "dynamic-page hit",
+names = {"hit1k": "1 KiB hit", "hittag": "1 KiB hit, 4 tags", "hit256k": "256 KiB hit",
+         "dyn": "dynamic-page hit",
          "pass": "pass-through", "storm": "cold-miss storm"}
 
 

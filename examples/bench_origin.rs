@@ -2,6 +2,7 @@
 //! port given. Answers are prebuilt so the origin spends as little of the shared CPU as it can:
 //!
 //! - `/static/1k`, `/static/256k`: cacheable files (`max-age=3600`)
+//! - `/tagged/1k`: the 1 KiB file with four `Surrogate-Key` tags (tagged hits vs untagged)
 //! - `/dyn/...`: a cacheable dynamic page that takes 20 ms
 //! - `/storm/...`: a cacheable page that takes 200 ms (the cold-miss storm)
 //! - `/pass/...`: `no-store`, answered at once (pass-through)
@@ -26,9 +27,13 @@ struct Stats {
 }
 
 fn reply(port: u16, cache_control: &str, body_len: usize) -> Vec<u8> {
+    tagged_reply(port, cache_control, body_len, "")
+}
+
+fn tagged_reply(port: u16, cache_control: &str, body_len: usize, extra: &str) -> Vec<u8> {
     let mut r = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nCache-Control: {cache_control}\r\n\
-         X-Served-By: bench-origin:{port}\r\nContent-Length: {body_len}\r\n\r\n"
+         X-Served-By: bench-origin:{port}\r\n{extra}Content-Length: {body_len}\r\n\r\n"
     )
     .into_bytes();
     r.extend(std::iter::repeat_n(b'x', body_len));
@@ -37,6 +42,7 @@ fn reply(port: u16, cache_control: &str, body_len: usize) -> Vec<u8> {
 
 struct Replies {
     k1: Vec<u8>,
+    tagged: Vec<u8>,
     k256: Vec<u8>,
     dynamic: Vec<u8>,
     storm: Vec<u8>,
@@ -95,6 +101,8 @@ async fn serve(mut s: TcpStream, r: Arc<Replies>, stats: Arc<Stats>) -> std::io:
             &r.k256
         } else if path.starts_with(b"/static/") {
             &r.k1
+        } else if path.starts_with(b"/tagged/") {
+            &r.tagged
         } else if path.starts_with(b"/dyn/") {
             tokio::time::sleep(Duration::from_millis(20)).await;
             &r.dynamic
@@ -132,6 +140,12 @@ async fn main() {
     for port in ports {
         let replies = Arc::new(Replies {
             k1: reply(port, "public, max-age=3600", 1024),
+            tagged: tagged_reply(
+                port,
+                "public, max-age=3600",
+                1024,
+                "Surrogate-Key: site product-42 category-7 home\r\n",
+            ),
             k256: reply(port, "public, max-age=3600", 256 * 1024),
             dynamic: reply(port, "public, max-age=3600", 8 * 1024),
             storm: reply(port, "public, max-age=3600", 1024),

@@ -9,13 +9,14 @@
 //! ASCII and `\` are written `\xHH`, so fields never contain spaces):
 //!
 //! ```text
-//! time client method host target status bytes duration upstream cache request_id
-//! 2025-03-01T12:00:00.123Z 127.0.0.1 GET example.com /a?b=1 200 5120 0.003120 127.0.0.1:9001 - 3f9a1c0b7e42-1a
+//! time client method host target status bytes duration upstream cache rules request_id
+//! 2025-03-01T12:00:00.123Z 127.0.0.1 GET example.com /a?b=1 200 5120 0.003120 127.0.0.1:9001 - static+cors 3f9a1c0b7e42-1a
 //! ```
 //!
-//! `time` is when the request arrived (UTC, ms), `bytes` the response body bytes sent to the
+//! `client` is the real client ([`crate::client`]: the PROXY source, or what trusted proxies
+//! vouch for), `time` is when the request arrived (UTC, ms), `bytes` the response body bytes sent to the
 //! client, `duration` seconds from request arrival to the last byte, `status` 0 when no response
-//! was sent.
+//! was sent, `rules` the names of the rules and plugins that applied, joined by `+`.
 //!
 //! Files are opened with `O_APPEND` and re-opened when the path stops naming the open file
 //! (checked every second by the writer thread), so both logrotate styles work without a signal:
@@ -41,11 +42,14 @@ const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// What the proxy knows about a request beyond the session itself.
 pub struct Facts<'a> {
+    pub client: Option<std::net::IpAddr>,
     pub status: u16,
     pub started: Instant,
     pub upstream: Option<&'a SocketAddr>,
     pub cache_status: &'a str,
     pub request_id: &'a str,
+    /// Rules and plugins that applied, `+`-joined; empty for none.
+    pub rules: &'a str,
 }
 
 enum Msg {
@@ -127,9 +131,9 @@ fn format_line(session: &Session, f: &Facts, now: SystemTime) -> String {
     let mut line = String::with_capacity(256);
     write_time(&mut line, now.checked_sub(elapsed).unwrap_or(now));
     line.push(' ');
-    match session.client_addr().and_then(|a| a.as_inet()) {
-        Some(a) => {
-            let _ = write!(line, "{}", a.ip());
+    match f.client {
+        Some(ip) => {
+            let _ = write!(line, "{ip}");
         }
         None => line.push('-'),
     }
@@ -158,6 +162,8 @@ fn format_line(session: &Session, f: &Facts, now: SystemTime) -> String {
     }
     line.push(' ');
     push_field(&mut line, f.cache_status.as_bytes());
+    line.push(' ');
+    push_field(&mut line, f.rules.as_bytes());
     line.push(' ');
     push_field(&mut line, f.request_id.as_bytes());
     line.push('\n');

@@ -1,8 +1,10 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/status.json` (a summary for
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `POST /purge` ([`purge`]),
+//! `/status.json` (a summary for
 //! `shellac stat` and the status page, in [`status`]) and `/`, the status page ([`page`]). It
 //! is never the public listener; config validation refuses to share a port.
 
 pub mod page;
+pub mod purge;
 pub mod status;
 
 use async_trait::async_trait;
@@ -16,6 +18,9 @@ pub struct Admin;
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().uri.path() == "/purge" {
+            return purge::respond(session).await;
+        }
         let (status, ctype, body) = match session.req_header().uri.path() {
             // A draining process shares the admin socket with its successor; answering would
             // let Prometheus see counters from both, which rate() misreads as resets.
@@ -36,6 +41,7 @@ impl ServeHttp for Admin {
                 }
             }
             "/healthz" => (StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => crate::readiness::readyz(),
             "/status.json" => (
                 StatusCode::OK,
                 "application/json",

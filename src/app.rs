@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::conn::Counted;
 use crate::proxy::Proxy;
 use crate::route::Router;
+use crate::rules::Plugin;
 use crate::upstream::Group;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -20,10 +21,18 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 
 pub fn build(opt: Opt, config: Config) -> Server {
+    build_with(opt, config, Vec::new())
+}
+
+/// As [`build`], with Rust plugins run after the config's rules (see [`crate::rules::plugin`]).
+pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Server {
     crate::metrics::init();
+    let mut rules = crate::rules::Rules::of(&config).expect("checked by cli::run before building");
+    rules.extend(plugins);
     let Config {
         pingora,
         listen,
+        trusted_proxies,
         admin,
         upstreams,
         routes,
@@ -31,6 +40,7 @@ pub fn build(opt: Opt, config: Config) -> Server {
         limits,
         access_log,
         mirror_limits,
+        rules: _,
     } = config;
     if let Err(e) = crate::access_log::init(&access_log.target) {
         eprintln!("shellac: access_log.target {:?}: {e}", access_log.target);
@@ -49,28 +59,35 @@ pub fn build(opt: Opt, config: Config) -> Server {
     let router = Router::new(&routes, |n| {
         names.iter().position(|k| *k == n).expect("validated")
     });
-    let cache = crate::cache::Cache::new(&cache, admin.purge_allow.clone());
+    let clients = Arc::new(crate::client::Clients::new(trusted_proxies));
+    let cache = crate::cache::Cache::new(&cache, &admin);
     if let Some(l2) = cache.shared_tier() {
         let probe = background_service("memcached probe", crate::cache::Probe(l2));
         server.add_service(probe);
     }
-    let proxy = Proxy::new(router, groups, cache, limits.clone());
+    crate::admin::purge::install(cache.purge_handle(), admin.purge_token.clone());
+    let proxy = Proxy::new(router, groups, cache, limits.clone(), clients.clone());
     let mirror = crate::mirror::Mirror::new(&routes, &mirror_limits, |n| {
         names.iter().position(|k| *k == n).expect("validated")
     });
-    let proxy = proxy.with_mirror(mirror);
+    let proxy = proxy.with_mirror(mirror).with_rules(rules);
 
     let mut http = HttpProxy::new(proxy, server.configuration.clone());
     http.handle_init_modules();
     let mut public = Service::new(
         "shellac proxy".into(),
-        Counted::new(Arc::new(http), &limits),
+        Counted::new(Arc::new(http), &limits, &listen, clients),
     );
-    for addr in &listen {
-        let endpoint = ListenerConfig::tcp(addr.to_string())
+    for l in &listen {
+        let endpoint = ListenerConfig::tcp(l.addr.to_string())
             .l4_buffer(L4BufferSettings::new(READ_BUFFER, WRITE_BUFFER));
         public.add_listener(endpoint);
-        log::info!("listening on http://{addr}");
+        let proxy = if l.proxy_protocol {
+            " (PROXY protocol required)"
+        } else {
+            ""
+        };
+        log::info!("listening on http://{}{proxy}", l.addr);
     }
     server.add_service(public);
 

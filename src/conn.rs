@@ -35,13 +35,25 @@
 //! the timer (one per connection, reused across requests) is allocated only when a read of an
 //! incomplete header has to wait.
 //!
+//! # PROXY protocol
+//! On a `proxy_protocol: true` listener (told apart by the connection's local address) the
+//! PROXY header is read first, within `limits.header_timeout` of the accept, which also bounds
+//! the request header that follows. A connection without a valid one is closed before Pingora
+//! sees it (counted under `proxy_protocol_*` in `shellac_connections_refused_total`). The
+//! header's source replaces the peer address in the stream's `SocketDigest`, so everything
+//! downstream (`Session::client_addr`) sees the client; bytes read past the header are replayed
+//! first.
+//!
 //! # Per-IP cap
 //! A sharded map of IP → open connections, each shard behind a `parking_lot` mutex held for a
 //! hash-map update only (never across an await). A connection over `limits.max_connections_per_ip`
-//! is dropped before Pingora reads a byte (counted in `shellac_connections_refused_total`).
-//! IPv4-mapped IPv6 peers count as their IPv4 address.
+//! is dropped before Pingora reads a byte of HTTP (counted in
+//! `shellac_connections_refused_total`); 0 is no cap. The IP is the connection's source (PROXY
+//! or TCP); connections from `trusted_proxies` are not capped, since each carries many clients
+//! (see [`crate::client`]). IPv4-mapped IPv6 peers count as their IPv4 address.
 
-use crate::config::Limits;
+use crate::client::{proxy_protocol, Clients};
+use crate::config::{Limits, Listener};
 use crate::metrics;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -57,7 +69,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -69,24 +81,82 @@ pub struct Counted<A> {
     app: Arc<A>,
     header_timeout: Duration,
     per_ip: Arc<PerIp>,
+    listeners: Vec<Listener>,
+    clients: Arc<Clients>,
 }
 
 impl<A> Counted<A> {
-    pub fn new(app: Arc<A>, limits: &Limits) -> Counted<A> {
+    pub fn new(
+        app: Arc<A>,
+        limits: &Limits,
+        listeners: &[Listener],
+        clients: Arc<Clients>,
+    ) -> Counted<A> {
         Counted {
             app,
             header_timeout: limits.header_timeout,
             per_ip: Arc::new(PerIp::new(limits.max_connections_per_ip)),
+            listeners: listeners.to_vec(),
+            clients,
         }
     }
 
-    /// Wraps a newly accepted connection, or `None` when its IP is at the cap.
-    fn admit(&self, stream: Stream) -> Option<Stream> {
-        let ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-            .map(|ip| ip.to_canonical());
-        let Some(slot) = Slot::take(&self.per_ip, ip) else {
+    /// Whether the listener that accepted a connection to `local` requires a PROXY header: the
+    /// listener with exactly that address, else a wildcard one on that port.
+    fn requires_proxy_header(&self, local: Option<SocketAddr>) -> bool {
+        let Some(local) = local else { return false };
+        let ip = local.ip().to_canonical();
+        let exact = self
+            .listeners
+            .iter()
+            .find(|l| l.addr.port() == local.port() && l.addr.ip().to_canonical() == ip);
+        exact
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .find(|l| l.addr.port() == local.port() && l.addr.ip().is_unspecified())
+            })
+            .is_some_and(|l| l.proxy_protocol)
+    }
+
+    /// Wraps a newly accepted connection, or `None` when it lacks a required PROXY header or
+    /// its IP is at the cap.
+    async fn admit(&self, mut stream: Stream) -> Option<Stream> {
+        let accepted = Instant::now();
+        let digest = stream.get_socket_digest();
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let mut prefix = Vec::new();
+        let mut socket = None;
+        if self.requires_proxy_header(local) {
+            match proxy_protocol::read(&mut stream, self.header_timeout).await {
+                Ok((source, rest)) => {
+                    prefix = rest;
+                    if let Some(source) = source {
+                        // A fresh digest of the same socket (an l4 stream's id is its fd): the
+                        // local address and TCP info stay the socket's, the peer is the client.
+                        let d = SocketDigest::from_raw_fd(stream.id());
+                        let _ = d.peer_addr.set(Some(
+                            pingora::protocols::l4::socket::SocketAddr::Inet(source),
+                        ));
+                        socket = Some(Arc::new(d));
+                    }
+                }
+                Err(e) => {
+                    log::debug!("connection without a PROXY header closed: {e:?}");
+                    metrics::CONNECTIONS_REFUSED
+                        .with_label_values(&[e.reason()])
+                        .inc();
+                    return None;
+                }
+            }
+        }
+        let source = socket
+            .as_ref()
+            .or(digest.as_ref())
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let Some(slot) = Slot::take(&self.per_ip, self.clients.cap_key(source)) else {
             metrics::CONNECTIONS_REFUSED
                 .with_label_values(&["per_ip_cap"])
                 .inc();
@@ -97,10 +167,12 @@ impl<A> Counted<A> {
             _slot: slot,
             timeout: self.header_timeout,
             phase: Phase::Header {
-                deadline: Some(Instant::now() + self.header_timeout),
+                deadline: Some(accepted + self.header_timeout),
             },
             scan: Scan::default(),
             timer: None,
+            prefix,
+            socket,
         }))
     }
 }
@@ -115,7 +187,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         let stream = if stream.as_any().is::<Guarded>() {
             stream
         } else {
-            self.admit(stream)?
+            self.admit(stream).await?
         };
         self.app.process_new(stream, shutdown).await
     }
@@ -160,7 +232,7 @@ impl Slot {
         if let Some(ip) = ip {
             let mut shard = table.shard(&ip).lock();
             let n = shard.entry(ip).or_insert(0);
-            if *n >= table.max {
+            if table.max > 0 && *n >= table.max {
                 return None;
             }
             *n += 1;
@@ -234,6 +306,10 @@ struct Guarded {
     phase: Phase,
     scan: Scan,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes read with the PROXY header that belong to the HTTP stream; served first.
+    prefix: Vec<u8>,
+    /// The stream's digest with the PROXY source as its peer, on PROXY listeners.
+    socket: Option<Arc<SocketDigest>>,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -316,6 +392,13 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.drain(..n);
+            this.on_read(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
@@ -424,7 +507,9 @@ impl GetProxyDigest for Guarded {
 
 impl GetSocketDigest for Guarded {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
+        self.socket
+            .clone()
+            .or_else(|| self.inner.get_socket_digest())
     }
     fn set_socket_digest(&mut self, digest: SocketDigest) {
         self.inner.set_socket_digest(digest)
@@ -477,6 +562,11 @@ mod tests {
         let _s3 = Slot::take(&table, Some(a)).unwrap();
         drop(_s3);
         drop(_s2);
+        let open = Arc::new(PerIp::new(0));
+        let many: Vec<Slot> = (0..1000)
+            .map(|_| Slot::take(&open, Some(a)).expect("0 is no cap"))
+            .collect();
+        drop(many);
         assert!(
             table.shards.iter().all(|s| s.lock().is_empty()),
             "entries of gone clients are removed"

@@ -47,13 +47,33 @@ const UNKEYED: [&str; 16] = [
     "front-end-https",
 ];
 
-pub fn upstream_request(req: &mut RequestHeader, client: Option<IpAddr>) -> Result<()> {
+/// Shellac's own request fields (`x-shellac-*`, e.g. `X-Shellac-Mirror` marking a staging
+/// copy) mean something only when Shellac sets them; a client's are removed before the
+/// request is routed, keyed or forwarded. Called first in `request_filter`.
+pub fn strip_internal(req: &mut RequestHeader) {
+    const PREFIX: &str = "x-shellac-";
+    // Header names are stored lower-case. Collected first: removing while iterating is not
+    // possible, and the usual case (none) allocates nothing.
+    let internal: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with(PREFIX))
+        .cloned()
+        .collect();
+    for name in internal {
+        req.remove_header(&name);
+    }
+}
+
+/// `hop` is the connection's source ([`crate::client::hop`]): each proxy appends the address
+/// it received the request from, so the chain stays verifiable by the next hop.
+pub fn upstream_request(req: &mut RequestHeader, hop: Option<IpAddr>) -> Result<()> {
     for name in UNKEYED {
         req.remove_header(name);
     }
     normalize_content_length(req)?;
-    if let Some(ip) = client {
-        // Append rather than replace: the chain is informational. Nothing in Shellac trusts it.
+    if let Some(ip) = hop {
+        // Append rather than replace; `crate::client` believes it only from trusted proxies.
         let value = match req.headers.get("x-forwarded-for") {
             Some(prev) => {
                 let mut v = Vec::with_capacity(prev.len() + 48);
@@ -157,6 +177,18 @@ mod tests {
         }
         let lens: Vec<_> = r.headers.get_all("content-length").iter().collect();
         assert_eq!(lens, ["3"]);
+    }
+
+    #[test]
+    fn internal_fields_from_clients_are_removed() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.append_header("X-Shellac-Mirror", "1").unwrap();
+        r.append_header("x-shellac-anything", "2").unwrap();
+        r.append_header("X-Shellacked", "kept").unwrap();
+        strip_internal(&mut r);
+        assert!(r.headers.get("x-shellac-mirror").is_none());
+        assert!(r.headers.get("x-shellac-anything").is_none());
+        assert_eq!(r.headers["x-shellacked"], "kept");
     }
 
     #[test]

@@ -117,8 +117,8 @@ pub fn cache_control(data: &[u8]) {
         Ok(meta) => meta,
         Err(_) => CacheMeta::new(now, now - Duration::from_secs(30), 0, 0, resp),
     };
-    let _ = policy::on_hit(&req, &meta, later, &[]);
-    let _ = policy::on_hit(&req, &meta, SystemTime::UNIX_EPOCH, &[]);
+    let _ = policy::on_hit(&req, &meta, later, true, &[]);
+    let _ = policy::on_hit(&req, &meta, SystemTime::UNIX_EPOCH, false, &[]);
     let _ = policy::ttl_secs(&meta, later);
 }
 

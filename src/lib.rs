@@ -3,7 +3,10 @@
 //! # Layout, along the request path
 //! - [`config`]: the YAML file, parsed into typed values and validated before anything binds.
 //! - [`app`]: wiring: builds the Pingora server, listeners, upstream groups and admin service.
-//! - [`conn`]: accept side: open connections, per-IP cap, whole-request-header deadline.
+//! - [`conn`]: accept side: PROXY protocol, open connections, per-IP cap, whole-request-header
+//!   deadline.
+//! - [`client`]: who the client is (PROXY source, trusted proxies' X-Forwarded-For), for every
+//!   module that asks.
 //! - [`proxy`]: the `ProxyHttp` hooks; each is a few lines calling the module that owns it.
 //! - [`authority`]: the request's host and port: one parser, one validator, one normal form.
 //! - [`route`]: host and path prefix → upstream group and cache rule.
@@ -13,7 +16,8 @@
 //! - [`limits`]: request and response bounds (414/431/413/502), range caps.
 //! - [`mirror`]: forks sampled requests to a staging upstream and compares its answers.
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
-//! - [`admin`]: `/metrics`, `/healthz`, `/status.json` and the status page on the admin listener.
+//! - [`admin`]: `/metrics`, `/healthz`, `/status.json` and the status page on the admin listener;
+//!   [`readiness`]: `/readyz`.
 //! - [`cli`]: `shellac stat` and the other tools that talk to a running instance.
 //! - [`metrics`]: every metric, declared in one place.
 //! - [`access_log`], [`request_id`]: one log line per request, and the id that ties logs together.
@@ -25,6 +29,7 @@ pub mod app;
 pub mod authority;
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod forward;
@@ -36,7 +41,9 @@ pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
+pub mod readiness;
 pub mod reload;
 pub mod request_id;
 pub mod route;
+pub mod rules;
 pub mod upstream;

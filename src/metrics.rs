@@ -72,7 +72,7 @@ pub static OPEN_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static CONNECTIONS_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "shellac_connections_refused_total",
-        "Client connections closed on accept, by reason: `per_ip_cap` (the client IP already holds limits.max_connections_per_ip)",
+        "Client connections closed on accept, by reason: `per_ip_cap` (the client IP already holds limits.max_connections_per_ip); on proxy_protocol listeners `proxy_protocol_invalid` (no valid PROXY header, e.g. bare HTTP), `proxy_protocol_timeout` (header not complete within limits.header_timeout), `proxy_protocol_closed` (closed before a header)",
         &["reason"]
     )
     .unwrap()
@@ -123,7 +123,14 @@ pub fn init() {
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&BACKEND_HEALTHY);
     LazyLock::force(&OPEN_CONNECTIONS);
-    CONNECTIONS_REFUSED.with_label_values(&["per_ip_cap"]);
+    for reason in [
+        "per_ip_cap",
+        "proxy_protocol_invalid",
+        "proxy_protocol_timeout",
+        "proxy_protocol_closed",
+    ] {
+        CONNECTIONS_REFUSED.with_label_values(&[reason]);
+    }
     LazyLock::force(&HEADER_TIMEOUTS);
     LazyLock::force(&CACHE_LOOKUPS);
     LazyLock::force(&CACHE_SERVED_BYTES);
@@ -132,6 +139,15 @@ pub fn init() {
     LazyLock::force(&CACHE_EVICTIONS);
     LazyLock::force(&CACHE_NOT_STORED);
     LazyLock::force(&CACHE_PURGES);
+    for kind in ["url", "tag", "host", "prefix", "all"] {
+        for mode in ["hard", "soft"] {
+            CACHE_INVALIDATIONS.with_label_values(&[kind, mode]);
+        }
+    }
+    for result in ["purged", "stale"] {
+        CACHE_INVALIDATED_ON_LOOKUP.with_label_values(&[result]);
+    }
+    LazyLock::force(&PURGE_API_ERRORS);
     for result in ["written", "dropped", "failed"] {
         ACCESS_LOG_LINES.with_label_values(&[result]);
     }
@@ -197,8 +213,35 @@ pub static CACHE_NOT_STORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static CACHE_PURGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "shellac_cache_purges_total",
-        "PURGE requests and unsafe-method invalidations, by result (purged, not_found, forbidden, invalidated)",
+        "PURGE requests and unsafe-method invalidations, by result: purged, not_found, forbidden (address not in admin.purge_allow, no token), bad_token (wrong Authorization bearer token), failed, invalidated, and marker_dropped (an invalidation over cache.memcached.invalidations_per_second: removed from this node and memcached, but no purge marker written, so other nodes keep their memory copies until they expire)",
         &["result"]
+    )
+    .unwrap()
+});
+
+pub static CACHE_INVALIDATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_invalidations_total",
+        "Purges by tag, host, prefix, all or URL (kind) and hard or soft (mode), from POST /purge or PURGE",
+        &["kind", "mode"]
+    )
+    .unwrap()
+});
+
+pub static CACHE_INVALIDATED_ON_LOOKUP: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_invalidated_on_lookup_total",
+        "Cached objects a purge marker turned into a miss (purged) or a stale hit (stale) on lookup",
+        &["result"]
+    )
+    .unwrap()
+});
+
+pub static PURGE_API_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_purge_api_errors_total",
+        "POST /purge requests refused or failed, by reason (bad_request, unauthorized, forbidden, method, unavailable)",
+        &["reason"]
     )
     .unwrap()
 });

@@ -4,6 +4,7 @@
 use crate::access_log;
 use crate::authority::Authority;
 use crate::cache::{Cache, CacheCtx};
+use crate::client::Clients;
 use crate::config::Limits;
 use crate::forward;
 use crate::limits;
@@ -12,6 +13,7 @@ use crate::mirror::{self, Mirror};
 use crate::reload;
 use crate::request_id;
 use crate::route::Router;
+use crate::rules::{Decisions, Rules};
 use crate::upstream::Group;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,7 +24,8 @@ use pingora::prelude::*;
 use pingora::proxy::{range_header_filter, ProxyHttp, RangeType, Session};
 use pingora::ErrorType;
 use prometheus::{Histogram, IntCounter};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Proxy {
@@ -33,6 +36,8 @@ pub struct Proxy {
     cache: Cache,
     limits: Limits,
     mirror: Mirror,
+    rules: Rules,
+    clients: Arc<Clients>,
 }
 
 struct RouteStats {
@@ -54,6 +59,8 @@ impl RouteStats {
 /// Per-request state.
 pub struct Ctx {
     started: Instant,
+    /// The real client ([`crate::client`]), set first thing in `request_filter`.
+    client: Option<IpAddr>,
     route: Option<usize>,
     /// The backend of the current attempt and when it was chosen.
     backend: Option<(Backend, Instant)>,
@@ -70,10 +77,18 @@ pub struct Ctx {
     pub cache_status: &'static str,
     /// Set when this request is being forked to a staging upstream.
     mirror: Option<mirror::Fork>,
+    /// What the rules and plugins decided for this request.
+    rules: Decisions,
 }
 
 impl Proxy {
-    pub fn new(router: Router, groups: Vec<Group>, cache: Cache, limits: Limits) -> Proxy {
+    pub fn new(
+        router: Router,
+        groups: Vec<Group>,
+        cache: Cache,
+        limits: Limits,
+        clients: Arc<Clients>,
+    ) -> Proxy {
         let mut route_stats: Vec<RouteStats> =
             router.iter().map(|r| RouteStats::new(&r.name)).collect();
         route_stats.push(RouteStats::new("none"));
@@ -84,7 +99,14 @@ impl Proxy {
             cache,
             limits,
             mirror: Mirror::off(),
+            rules: Rules::default(),
+            clients,
         }
+    }
+
+    pub fn with_rules(mut self, rules: Rules) -> Proxy {
+        self.rules = rules;
+        self
     }
 
     pub fn with_mirror(mut self, mirror: Mirror) -> Proxy {
@@ -103,7 +125,8 @@ impl Proxy {
         let route = ctx
             .route
             .expect("upstream phases run only after a route matched");
-        &self.groups[self.router.get(route).upstream]
+        let chosen = ctx.rules.upstream();
+        &self.groups[chosen.unwrap_or_else(|| self.router.get(route).upstream)]
     }
 }
 
@@ -147,6 +170,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            client: None,
             route: None,
             backend: None,
             failed: Vec::new(),
@@ -157,10 +181,13 @@ impl ProxyHttp for Proxy {
             request_id: String::new(),
             cache_status: "-",
             mirror: None,
+            rules: Decisions::default(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        forward::strip_internal(session.req_header_mut());
+        ctx.client = self.clients.resolve(session);
         ctx.request_id = request_id::for_request(session.req_header());
         if let Some(code) = limits::check_request(session.req_header(), &self.limits) {
             return refuse(session, code).await;
@@ -170,6 +197,16 @@ impl ProxyHttp for Proxy {
         }
         let req = session.req_header();
         ctx.route = self.router.find(Authority::of(req).host(), req.uri.path());
+        if let Some(answer) = self
+            .rules
+            .request(session, ctx.client, ctx.route, &mut ctx.rules)
+            .await
+        {
+            let answered = self
+                .rules
+                .answer(session, &answer, ctx.route, &mut ctx.rules);
+            return answered.await.map(|_| true);
+        }
         if ctx.route.is_none() {
             if !session.is_body_empty() {
                 return refuse(session, 404).await;
@@ -178,7 +215,7 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         if session.req_header().method.as_str() == "PURGE" {
-            self.cache.purge(session).await?;
+            self.cache.purge(session, ctx.client).await?;
             return Ok(true);
         }
         if let Some(route) = ctx.route {
@@ -228,13 +265,14 @@ impl ProxyHttp for Proxy {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let rule = self.route(ctx).cache;
+        let rule = ctx.rules.cache_rule(self.route(ctx).cache);
         self.cache.enable(session, &rule, &mut ctx.cache);
         Ok(())
     }
 
-    fn cache_key_callback(&self, session: &Session, _ctx: &mut Ctx) -> Result<CacheKey> {
-        Ok(self.cache.key(session))
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        let by_rules = ctx.rules.cache_key(session.req_header());
+        Ok(by_rules.unwrap_or_else(|| self.cache.key(session)))
     }
 
     fn cache_vary_filter(
@@ -254,7 +292,10 @@ impl ProxyHttp for Proxy {
         _is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        let forced = self.cache.on_hit(session, meta, hit, &mut ctx.cache);
+        if ctx.rules.bypass() {
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
+        let forced = self.cache.on_hit(session, meta, hit, &mut ctx.cache).await;
         // A memcached body that fails after the header continues from the origin, or is aborted.
         let group = self.group(ctx);
         let req = session.req_header();
@@ -295,7 +336,9 @@ impl ProxyHttp for Proxy {
     }
 
     fn should_serve_stale(&self, s: &mut Session, ctx: &mut Ctx, error: Option<&Error>) -> bool {
-        self.cache.may_serve_stale(s, &mut ctx.cache, error)
+        let by_rules = error.and_then(|_| self.rules.stored_stale(s, ctx.route, &ctx.rules));
+        self.cache
+            .may_serve_stale(s, &mut ctx.cache, error, by_rules)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -341,12 +384,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.cache.request_sent(&mut ctx.cache);
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         request_id::forward(req, &ctx.request_id)?;
-        forward::upstream_request(req, client)
+        forward::upstream_request(req, crate::client::hop(session))
     }
 
     async fn upstream_response_filter(
@@ -366,6 +405,9 @@ impl ProxyHttp for Proxy {
         if ctx.cache.enabled {
             crate::cache::fill::measure_in_tiers(session, resp);
         }
+        ctx.cache.overrides = self
+            .rules
+            .origin_response(session, resp, ctx.route, &mut ctx.rules);
         self.cache
             .upstream_response(session, resp, &mut ctx.cache)
             .await;
@@ -386,6 +428,9 @@ impl ProxyHttp for Proxy {
                 .respond(session, resp, &mut ctx.cache, ctx.upstream_status)?;
         resp.append_header(http::header::VIA, forward::VIA)?;
         request_id::echo(resp, &ctx.request_id)?;
+        let (req, client) = (session.req_header(), ctx.client);
+        self.rules
+            .deliver(req, client, resp, ctx.route, &mut ctx.rules);
         reload::close_when_draining(session);
         Ok(())
     }
@@ -427,11 +472,14 @@ impl ProxyHttp for Proxy {
             }
         }
         let facts = access_log::Facts {
+            // Requests refused before `request_filter` (unparsable) log the connection source.
+            client: ctx.client.or_else(|| crate::client::hop(session)),
             status,
             started: ctx.started,
             upstream: ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()),
             cache_status: ctx.cache_status,
             request_id: &ctx.request_id,
+            rules: &self.rules.applied(&ctx.rules),
         };
         access_log::record(session, &facts);
     }

@@ -15,7 +15,8 @@ pub struct Route {
     pub cache: CacheRule,
 }
 
-enum HostPattern {
+/// A route's (or a rule's) host: `*`, an exact host or `*.example.com`.
+pub enum HostPattern {
     Any,
     Exact(String),
     /// `*.example.com`, stored as `.example.com`: any subdomain, never the bare domain.
@@ -23,7 +24,17 @@ enum HostPattern {
 }
 
 impl HostPattern {
-    fn matches(&self, host: &str) -> bool {
+    pub fn parse(h: &str) -> HostPattern {
+        match h {
+            "*" => HostPattern::Any,
+            h => match h.strip_prefix('*') {
+                Some(suffix) => HostPattern::Suffix(suffix.to_ascii_lowercase()),
+                None => HostPattern::Exact(h.to_ascii_lowercase()),
+            },
+        }
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Any => true,
             HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
@@ -45,18 +56,9 @@ impl Router {
         let routes = routes
             .iter()
             .map(|r| {
-                let host = match r.host.as_str() {
-                    "*" => HostPattern::Any,
-                    h => match h.strip_prefix('*') {
-                        Some(suffix) => HostPattern::Suffix(suffix.to_ascii_lowercase()),
-                        None => HostPattern::Exact(h.to_ascii_lowercase()),
-                    },
-                };
+                let host = HostPattern::parse(&r.host);
                 Route {
-                    name: r
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("{}{}", r.host, r.path_prefix)),
+                    name: r.label(),
                     host,
                     path_prefix: r.path_prefix.clone(),
                     upstream: upstream_index(&r.upstream),

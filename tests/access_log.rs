@@ -123,7 +123,7 @@ async fn one_line_per_request_with_every_field() {
         let lines = &by_id[id];
         assert_eq!(lines.len(), 1, "{lines:?}");
         let f: Vec<&str> = lines[0].split(' ').collect();
-        assert_eq!(f.len(), 11, "{}", lines[0]);
+        assert_eq!(f.len(), 12, "{}", lines[0]);
         assert!(
             f[0].len() == 24 && f[0].ends_with('Z') && f[0].as_bytes()[10] == b'T',
             "{}",
@@ -148,7 +148,8 @@ async fn one_line_per_request_with_every_field() {
         };
         assert_eq!(f[8], upstream);
         assert_eq!(f[9], "-", "cache status until the cache fills it in");
-        assert_eq!(f[10], id);
+        assert_eq!(f[10], "-", "no rule applied");
+        assert_eq!(f[11], id);
     }
     let written = shellac
         .metric("shellac_access_log_lines_total", &[("result", "written")])

@@ -91,14 +91,21 @@ async fn metrics_describe_traffic_and_backends() {
     )
     .await;
     assert_eq!(s2.get("/").await.status, 404);
-    assert_eq!(
-        s2.metric(
-            "shellac_requests_total",
-            &[("route", "none"), ("status_class", "4xx")]
-        )
-        .await,
-        1.0
-    );
+    // As above: the logging hook counts it just after the response is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let none = loop {
+        let n = s2
+            .metric(
+                "shellac_requests_total",
+                &[("route", "none"), ("status_class", "4xx")],
+            )
+            .await;
+        if n >= 1.0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(none, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

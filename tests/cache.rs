@@ -209,7 +209,8 @@ async fn request_directives() {
             .header("ETag", "\"v1\"")
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    // The route honours client reloads; by default they are ignored (tests/load_balancer.rs).
+    let shellac = Shellac::start(&cached(&origin, ", client_cache_control: honor", "")).await;
     // only-if-cached on a miss: 504 without asking the origin.
     let r = shellac
         .request("GET", "/d", &[("Cache-Control", "only-if-cached")])

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 /// A config with every optional section present but no optional key set, so that setting a
 /// key to its documented default must leave the parsed config unchanged.
 const BASE: &str = r#"
-listen: ["127.0.0.1:18080"]
+listen: [{addr: "127.0.0.1:18080"}]
 admin: {listen: "127.0.0.1:19091"}
 upstreams:
   app: {backends: ["127.0.0.1:19001"], health_check: {kind: http}}
@@ -23,6 +23,7 @@ mirror_limits: {log: {path: /tmp/shellac-reference.log}}
 /// Sections as (documented path, path in BASE).
 const SECTIONS: &[(&str, &str)] = &[
     ("", ""),
+    ("listen[]", "listen.0"),
     ("admin", "admin"),
     ("upstreams.NAME", "upstreams.app"),
     ("upstreams.NAME.health_check", "upstreams.app.health_check"),
@@ -32,6 +33,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("cache", "cache"),
     ("cache.memory", "cache.memory"),
     ("cache.memcached", "cache.memcached"),
+    ("cache.tags", "cache.tags"),
     ("limits", "limits"),
     ("access_log", "access_log"),
     ("mirror_limits", "mirror_limits"),

@@ -61,6 +61,13 @@ async fn known_traffic(origin: &Origin, mc: &Memcached) -> Shellac {
         "4 fills by A, /new and /nostore by B: {:?}",
         origin.requests()
     );
+    // Requests are counted by the logging hook, just after the answer: wait until all ten are,
+    // so none lands in a later interval.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::sum_metric(&b.metrics().await, "shellac_requests_total", &[]) < 10.0 {
+        assert!(Instant::now() < deadline, "requests never counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     b
 }
 

@@ -22,15 +22,24 @@ pub fn build(authority: &str, path_and_query: &[u8]) -> CacheKey {
 /// The key for `path_and_query` on a normalised authority: the same normal form routing
 /// matches on, so a response is only ever stored where its own route looks it up.
 pub fn of(authority: &Authority, path_and_query: &[u8]) -> CacheKey {
+    of_variant(authority, path_and_query, b"")
+}
+
+/// As [`of`], with `variant` (framed by the caller: a rule's header and cookie values) as one
+/// more field; an empty variant is the plain key.
+pub fn of_variant(authority: &Authority, path_and_query: &[u8], variant: &[u8]) -> CacheKey {
     let (host, port) = (authority.host(), authority.port());
     // Length-prefixed fields: no two different (host, path) pairs frame to the same bytes.
-    let mut primary = Vec::with_capacity(16 + host.len() + port.len() + path_and_query.len());
-    for part in [
+    let mut primary =
+        Vec::with_capacity(20 + host.len() + port.len() + path_and_query.len() + variant.len());
+    let parts = [
         b"http".as_slice(),
         host.as_bytes(),
         port.as_bytes(),
         path_and_query,
-    ] {
+        variant,
+    ];
+    for part in &parts[..if variant.is_empty() { 4 } else { 5 }] {
         primary.extend_from_slice(&(part.len() as u32).to_be_bytes());
         primary.extend_from_slice(part);
     }

@@ -108,6 +108,9 @@ impl Entry {
     pub(crate) fn updated(&self) -> SystemTime {
         self.meta.updated
     }
+    pub(crate) fn header(&self) -> &ResponseHeader {
+        &self.meta.header
+    }
     /// True at most once per `every` (racing callers may both see true; harmless).
     pub(crate) fn check_due(&self, now: SystemTime, every: Duration) -> bool {
         let now_ms = millis(now);

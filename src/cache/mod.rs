@@ -5,6 +5,7 @@
 
 pub mod fill;
 pub mod fleet;
+pub mod invalidation;
 pub mod key;
 pub mod memcached;
 pub mod memory;
@@ -14,6 +15,7 @@ pub mod purge;
 pub mod resume;
 pub mod status;
 pub mod stored;
+pub mod tags;
 pub mod tiered;
 mod vary;
 
@@ -43,6 +45,8 @@ pub struct CacheRule {
     pub enabled: bool,
     /// Stale windows for responses that name none.
     pub stale: StaleDefaults,
+    /// Whether the client's no-cache / max-age may force revalidation.
+    pub client_cache_control: config::ClientCacheControl,
 }
 
 impl CacheRule {
@@ -56,6 +60,7 @@ impl CacheRule {
                 // Cache-wide; `Cache::enable` fills it in.
                 on_disconnect: 0,
             },
+            client_cache_control: r.client_cache_control,
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct CacheCtx {
     tier: Option<&'static str>,
     /// The response body comes from the cache (counted as served bytes).
     pub from_cache: bool,
+    /// Freshness set by rules for the origin's answer.
+    pub overrides: policy::Overrides,
 }
 
 /// Request-dependent refusals: the Predictor must not remember them for the URL.
@@ -101,12 +108,14 @@ pub struct Cache {
     on_disconnect: u32,
     vary_normalize: Vec<http::HeaderName>,
     purger: purge::Purger,
+    inv: &'static invalidation::Invalidator,
+    tags: config::Tags,
 }
 
 impl Cache {
     /// Builds the process-wide cache parts. Pingora needs them `'static`; they live as long as
     /// the process, so leaking them once at start-up is the honest lifetime.
-    pub fn new(conf: &config::Cache, purge_allow: Vec<config::Cidr>) -> Cache {
+    pub fn new(conf: &config::Cache, admin: &config::Admin) -> Cache {
         let l1: Option<&'static MemoryStore> = (conf.memory.size > 0).then(|| {
             &*Box::leak(Box::new(MemoryStore::new(
                 conf.memory.size as usize,
@@ -129,6 +138,8 @@ impl Cache {
             purge_check,
         )));
         let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(conf.lock_timeout));
+        let inv = &*Box::leak(Box::new(invalidation::Invalidator::new(l2, purge_check)));
+        invalidation::install(inv);
         Cache {
             storage,
             lock,
@@ -147,8 +158,21 @@ impl Cache {
             vary_normalize: conf.vary_normalize.clone(),
             purger: purge::Purger {
                 storage,
-                allow: purge_allow,
+                inv,
+                allow: admin.purge_allow.clone(),
+                token: admin.purge_token.clone(),
+                invalidate_on: conf
+                    .invalidate_on
+                    .iter()
+                    .map(|m| http::Method::from_bytes(m.as_bytes()).expect("validated"))
+                    .collect(),
+                fleet_budget: conf
+                    .memcached
+                    .as_ref()
+                    .map(|m| purge::Bucket::per_second(m.invalidations_per_second)),
             },
+            inv,
+            tags: conf.tags.clone(),
         }
     }
 
@@ -257,9 +281,10 @@ impl Cache {
             }
             None => resp,
         };
-        let req = session.req_header();
-        match policy::storable(req, resp, t, self.heuristic, cx.rule.stale, &self.targeted) {
-            Ok(meta) => {
+        let (req, h, o) = (session.req_header(), self.heuristic, cx.overrides);
+        match policy::storable_with(req, resp, t, h, cx.rule.stale, &self.targeted, o) {
+            Ok(mut meta) => {
+                tags::store(meta.response_header_mut(), &self.tags.header);
                 cx.stored = true;
                 RespCacheable::Cacheable(meta)
             }
@@ -277,8 +302,9 @@ impl Cache {
         }
     }
 
-    /// `cache_hit_filter`: the client's own freshness demands (§5.2.1).
-    pub fn on_hit(
+    /// `cache_hit_filter`: purge markers (tag, host, prefix, all), then the client's own
+    /// freshness demands (§5.2.1).
+    pub async fn on_hit(
         &self,
         session: &Session,
         meta: &CacheMeta,
@@ -286,14 +312,28 @@ impl Cache {
         cx: &mut CacheCtx,
     ) -> Option<pingora::cache::ForcedFreshness> {
         cx.tier = Some(self.storage.tier_of(hit));
+        let marked = self.inv.on_hit(session.req_header(), meta).await;
+        // With `honor`, a request that waited on another's revalidation (the cache lock) is
+        // answered by its result: forcing again would send each waiter to the origin in turn.
+        let honor = cx.rule.client_cache_control == config::ClientCacheControl::Honor
+            && session.cache.lock_duration().is_none();
         let forced = policy::on_hit(
             session.req_header(),
             meta,
             SystemTime::now(),
+            honor,
             &self.targeted,
         );
         cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
-        forced
+        match marked {
+            Some(pingora::cache::ForcedFreshness::ForceMiss) => marked,
+            _ => forced.or(marked),
+        }
+    }
+
+    /// What `POST /purge` on the admin listener acts on.
+    pub fn purge_handle(&self) -> (&'static Tiered, &'static invalidation::Invalidator) {
+        (self.storage, self.inv)
     }
 
     /// `response_filter`: `Age` on responses served from storage, `Cache-Status` on every
@@ -311,6 +351,7 @@ impl Cache {
                 resp.remove_header(name);
             }
         }
+        tags::deliver(resp, &self.tags.header, self.tags.expose);
         if !cx.enabled {
             let (value, lookup) = status::uncached(cx.rule.enabled);
             resp.insert_header("cache-status", value)?;
@@ -366,12 +407,13 @@ impl Cache {
     }
 
     /// `should_serve_stale`: whether a stored stale copy may answer for this failure (§4.2.4,
-    /// RFC 5861). Without an error (stale-while-revalidate) the stored window decides alone.
+    /// RFC 5861); `by_rules` are the windows rules give the stored response. Without an error (stale-while-revalidate) the stored window decides alone.
     pub fn may_serve_stale(
         &self,
         session: &Session,
         cx: &mut CacheCtx,
         error: Option<&pingora::Error>,
+        by_rules: Option<StaleDefaults>,
     ) -> bool {
         let Some(error) = error else { return true };
         let Some(meta) = session.cache.maybe_cache_meta() else {
@@ -381,7 +423,12 @@ impl Cache {
             .duration_since(meta.fresh_until())
             .map_or(0, |d| d.as_secs());
         let cc = policy::targeted::response_cc(meta.response_header(), &self.targeted);
-        let (_, origin_if_error) = stale_policy::origin_windows(cc.as_ref(), cx.rule.stale);
+        // A rule's stale windows stand in for the route's, as when the copy was stored.
+        let defaults = by_rules.map_or(cx.rule.stale, |r| StaleDefaults {
+            on_disconnect: cx.rule.stale.on_disconnect,
+            ..r
+        });
+        let (_, origin_if_error) = stale_policy::origin_windows(cc.as_ref(), defaults);
         cx.stale_reason = stale_policy::may_serve_stale(
             stale_policy::classify(error),
             stale_for,
@@ -397,9 +444,13 @@ impl Cache {
         policy::conditional::not_modified(req, resp)
     }
 
-    /// `request_filter` for the `PURGE` method.
-    pub async fn purge(&self, session: &mut Session) -> Result<()> {
-        self.purger.purge(session).await
+    /// `request_filter` for the `PURGE` method, from the real `client`.
+    pub async fn purge(
+        &self,
+        session: &mut Session,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<()> {
+        self.purger.purge(session, client).await
     }
 }
 

@@ -46,6 +46,18 @@ pub struct StaleDefaults {
     pub on_disconnect: u32,
 }
 
+/// Operator overrides of freshness (from rules), decided per response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// Freshness when the response has no explicit one; takes precedence over the heuristic.
+    pub ttl: Option<Duration>,
+    /// Freshness regardless of the response's, and despite `no-cache` and `private`.
+    pub force_ttl: Option<Duration>,
+    /// Stale windows replacing the route's defaults (the response's own still count, unless
+    /// `force_ttl`, which uses these alone).
+    pub stale: Option<StaleDefaults>,
+}
+
 /// When the request went to the origin and when its response header arrived (§4.2.3).
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -63,20 +75,48 @@ pub fn storable(
     stale: StaleDefaults,
     targeted_fields: &[http::HeaderName],
 ) -> Result<CacheMeta, Refusal> {
+    let o = Overrides::default();
+    storable_with(req, resp, t, heuristic, stale, targeted_fields, o)
+}
+
+/// [`storable`] with an operator's [`Overrides`]: `force_ttl` sets the lifetime and lifts
+/// `no-cache` and `private` (never `no-store`, `Set-Cookie` or `Authorization`).
+pub fn storable_with(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    t: Timing,
+    heuristic: Heuristic,
+    stale: StaleDefaults,
+    targeted_fields: &[http::HeaderName],
+    o: Overrides,
+) -> Result<CacheMeta, Refusal> {
     storable_exchange(req, resp)?;
     // RFC 9213: a valid targeted field replaces Cache-Control for everything below.
     let cc = targeted::response_cc(resp, targeted_fields);
-    let directives = Directives::of(cc.as_ref());
+    let mut directives = Directives::of(cc.as_ref());
+    if o.force_ttl.is_some() {
+        directives.no_cache = false;
+        directives.private = false;
+    }
     permitted(req, resp, &directives)?;
     let date = header_date(resp, http::header::DATE).unwrap_or(t.response_received);
+    let explicit = freshness_lifetime(resp, cc.as_ref(), date, directives.public, heuristic, o.ttl);
     // §5.2.2.4: no-cache may be stored but must be validated before every reuse.
-    let lifetime = match freshness_lifetime(resp, cc.as_ref(), date, directives.public, heuristic) {
+    let lifetime = match explicit {
+        _ if o.force_ttl.is_some() => o.force_ttl.unwrap_or_default(),
         _ if directives.no_cache => Duration::ZERO,
         Some(l) => l,
         None if resp.status.is_server_error() => return Err(Refusal::ServerError),
         None => return Err(Refusal::NoFreshness),
     };
-    let (swr, sie) = stale::windows(cc.as_ref(), stale);
+    let stale = o.stale.map_or(stale, |s| StaleDefaults {
+        on_disconnect: stale.on_disconnect,
+        ..s
+    });
+    let (swr, sie) = match o.force_ttl {
+        Some(_) => (stale.while_revalidate, stale.if_error),
+        None => stale::windows(cc.as_ref(), stale),
+    };
     let initial_age = age::initial_age(resp, date, t);
     let fresh_until = age::fresh_until(t.response_received, lifetime, initial_age);
     let fresh = fresh_until > t.response_received;
@@ -220,6 +260,7 @@ fn freshness_lifetime(
     date: SystemTime,
     public: bool,
     heuristic: Heuristic,
+    default_ttl: Option<Duration>,
 ) -> Option<Duration> {
     if let Some(cc) = cc {
         // An invalid value is explicit but unusable: §4.2.1 encourages treating it as stale.
@@ -237,6 +278,9 @@ fn freshness_lifetime(
             Some(exp) => exp.duration_since(date).unwrap_or(Duration::ZERO),
             None => Duration::ZERO,
         });
+    }
+    if default_ttl.is_some() {
+        return default_ttl; // the operator's TTL for responses without explicit freshness
     }
     // §4.2.2: heuristics only for heuristically cacheable statuses (RFC 9110 §15.1) or `public`.
     let status = resp.status.as_u16();
@@ -292,14 +336,21 @@ pub fn parse_http_date(v: &str) -> Option<SystemTime> {
 
 /// What the request's own directives (§5.2.1) do to a stored response: `ForceExpired` makes
 /// Pingora validate it first, `ForceFresh` serves it stale as the client allowed. `None`
-/// leaves the decision to the stored freshness.
+/// leaves the decision to the stored freshness. Unless `honor_reload` (a route's
+/// `client_cache_control: honor`), `no-cache`, `max-age` and `Pragma: no-cache` are ignored:
+/// they would let any client send every request to the origin. `min-fresh` and `max-stale`
+/// count either way.
 pub fn on_hit(
     req: &RequestHeader,
     meta: &CacheMeta,
     now: SystemTime,
+    honor_reload: bool,
     targeted_fields: &[http::HeaderName],
 ) -> Option<ForcedFreshness> {
     let Some(cc) = CacheControl::from_req_headers(req) else {
+        if !honor_reload {
+            return None;
+        }
         // §5.4: `Pragma: no-cache` counts only when there is no Cache-Control.
         let pragma = req.headers.get(http::header::PRAGMA)?;
         return pragma
@@ -308,11 +359,11 @@ pub fn on_hit(
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"no-cache"))
             .then_some(ForcedFreshness::ForceExpired);
     };
-    if cc.no_cache() {
+    if honor_reload && cc.no_cache() {
         return Some(ForcedFreshness::ForceExpired); // §5.2.1.4
     }
     let age = current_age(meta, now);
-    if let Ok(Some(max_age)) = cc.max_age() {
+    if let (true, Ok(Some(max_age))) = (honor_reload, cc.max_age()) {
         if age > Duration::from_secs(max_age as u64) {
             return Some(ForcedFreshness::ForceExpired); // §5.2.1.1
         }
@@ -365,5 +416,7 @@ fn delta(cc: &CacheControl, name: &str) -> pingora::Result<Option<u32>> {
     }
 }
 
+#[cfg(test)]
+mod input_tests;
 #[cfg(test)]
 mod tests;

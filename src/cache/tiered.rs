@@ -75,14 +75,15 @@ impl Tiered {
         key: &CacheKey,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        if let Some(found) = self.fills.lookup(key) {
+        let fill = super::invalidation::unpurged(key, Ok(self.fills.lookup(key))).await?;
+        if let Some(found) = fill {
             return Ok(Some(found)); // the freshest copy there is, streaming in
         }
         let now = SystemTime::now();
         let mut stale_l1 = None;
         if let Some(l1) = self.l1 {
             if let Some(e) = l1.entry(key) {
-                let mut purged = false;
+                let (v, mut purged) = super::invalidation::on_lookup(key, &e).await;
                 if let (Some(fleet), true) = (&self.fleet, e.check_due(now, self.purge_check)) {
                     match fleet.purged_since(key, e.created()).await {
                         Some(true) => purged = true,
@@ -92,7 +93,7 @@ impl Tiered {
                 }
                 if purged {
                     l1.remove_key(key);
-                } else if e.is_fresh(now) || self.l2.is_none() {
+                } else if (e.is_fresh(now) && v.is_keep()) || self.l2.is_none() {
                     return Ok(Some(MemoryStore::hit(&e)));
                 } else {
                     stale_l1 = Some(e);
@@ -100,7 +101,7 @@ impl Tiered {
             }
         }
         if let Some(l2) = self.l2 {
-            match l2.lookup(key, trace).await {
+            match super::invalidation::unpurged(key, l2.lookup(key, trace).await).await {
                 Ok(Some((meta, hit))) => {
                     if let Some(e) = &stale_l1 {
                         if meta.updated() <= e.updated() {
@@ -141,13 +142,22 @@ impl Tiered {
 
     /// Removes `key` and its variants from every tier and, through the purge marker, from every
     /// other node's L1 within `purge_check`. `Err` when the shared tier could not be told.
-    pub async fn purge_all(&'static self, key: &CacheKey) -> std::result::Result<bool, String> {
+    /// Removes every variant from both tiers. `mark`: also write the fleet's purge marker, so
+    /// other nodes drop their memory copies within `purge_check`; without it they keep them
+    /// until they expire (the bound on invalidation markers, see `purge`).
+    pub async fn purge_all(
+        &'static self,
+        key: &CacheKey,
+        mark: bool,
+    ) -> std::result::Result<bool, String> {
         let compact = key.to_compact();
         self.fills
             .forget(u128::from_be_bytes(compact.combined_bin()));
         let mut found = self.l1.is_some_and(|l1| l1.purge_all(&compact));
         if let (Some(l2), Some(fleet)) = (self.l2, &self.fleet) {
-            fleet.mark_purged(key).await?;
+            if mark {
+                fleet.mark_purged(key).await?;
+            }
             let outcome = l2
                 .purge(
                     PurgeTarget::Active(&compact),

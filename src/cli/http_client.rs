@@ -23,6 +23,29 @@ impl Response {
 
 /// `GET target` from `addr` (`host:port`), sending `Host: host`.
 pub fn get(addr: &str, host: &str, target: &str, timeout: Duration) -> Result<Response, String> {
+    request(addr, "GET", host, target, &[], b"", timeout)
+}
+
+/// `POST target` to `addr` with `body` and extra `headers`.
+pub fn post(
+    addr: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response, String> {
+    request(addr, "POST", addr, target, headers, body, timeout)
+}
+
+fn request(
+    addr: &str,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response, String> {
     let sock = addr
         .to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
@@ -32,11 +55,20 @@ pub fn get(addr: &str, host: &str, target: &str, timeout: Duration) -> Result<Re
         TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("{addr}: {e}"))?;
     stream.set_read_timeout(Some(timeout)).ok();
     stream.set_write_timeout(Some(timeout)).ok();
-    let req = format!(
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shellac-cli\r\nConnection: close\r\n\r\n"
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shellac-cli\r\nConnection: close\r\n"
     );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
     stream
-        .write_all(req.as_bytes())
+        .write_all(&bytes)
         .map_err(|e| format!("{addr}: {e}"))?;
     read_response(BufReader::new(stream)).map_err(|e| format!("{addr}: {e}"))
 }

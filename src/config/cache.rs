@@ -45,6 +45,53 @@ pub struct Cache {
     /// matching, so equivalent requests share a variant.
     #[serde(default = "vary_normalize", deserialize_with = "values::header_names")]
     pub vary_normalize: Vec<http::HeaderName>,
+    /// Methods whose successful responses invalidate the stored target URI (RFC 9111 §4.4).
+    /// Exact, case-sensitive names (RFC 9110 §9.1): `post` or an unknown extension method
+    /// invalidates nothing unless listed.
+    #[serde(default = "unsafe_methods")]
+    pub invalidate_on: Vec<String>,
+    /// Surrogate keys: the origin's tags on a response, for purging by tag.
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    /// The response header naming the tags (`Cache-Tag` is read too).
+    #[serde(default = "surrogate_key")]
+    pub header: String,
+    /// Send the tag headers on to clients (they are removed by default).
+    #[serde(default)]
+    pub expose: bool,
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every tags key has a default")
+    }
+}
+
+fn surrogate_key() -> String {
+    "Surrogate-Key".into()
+}
+
+fn unsafe_methods() -> Vec<String> {
+    ["POST", "PUT", "DELETE", "PATCH"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `routes[].client_cache_control`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCacheControl {
+    /// A client's `no-cache`, `max-age` and `Pragma: no-cache` do not force revalidation (as
+    /// Varnish and nginx): otherwise every client could multiply origin load at will.
+    #[default]
+    Ignore,
+    /// They do, and concurrent forced revalidations of one object share one origin request.
+    Honor,
 }
 
 impl Default for Cache {
@@ -114,6 +161,12 @@ pub struct Memcached {
     /// Chunk writes in flight per object being stored.
     #[serde(default = "four")]
     pub write_concurrency: usize,
+    /// Purge markers for invalidations by unsafe methods (§4.4) this node writes to memcached
+    /// per second (a token bucket holding one second's worth). Beyond it the object is removed
+    /// from this node and memcached but other nodes are not told, so a flood of POSTs cannot
+    /// fill the shared tier with markers. PURGE is not limited.
+    #[serde(default = "hundred")]
+    pub invalidations_per_second: u32,
 }
 
 impl Default for Memcached {
@@ -134,11 +187,31 @@ impl Cache {
                 "must be between 0 (off) and 1; RFC 9111 suggests 0.1",
             );
         }
+        for (i, m) in c.invalidate_on.iter().enumerate() {
+            let p = format!("cache.invalidate_on[{i}]");
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                return err(p, format!("{m:?} is not a method name"));
+            }
+            if matches!(m.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE") {
+                return err(
+                    p,
+                    format!(
+                        "{m} is a safe method and never invalidates (RFC 9111 §4.4); remove it"
+                    ),
+                );
+            }
+            if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                return err(p, format!("methods are case-sensitive (RFC 9110 §9.1) and clients send them in upper case; write {:?}", m.to_ascii_uppercase()));
+            }
+        }
         if c.lock_timeout.is_zero() {
             return err("cache.lock_timeout", "must be greater than 0");
         }
         if memory.size == 0 && c.memcached.is_none() {
             return err("cache.memory.size", "0 turns the memory tier off, which needs cache.memcached; give it a size or configure memcached");
+        }
+        if http::HeaderName::from_bytes(c.tags.header.as_bytes()).is_err() {
+            return err("cache.tags.header", "must be a valid HTTP header name");
         }
         match &c.memcached {
             Some(m) => m.validate(),
@@ -171,6 +244,12 @@ impl Memcached {
         }
         if self.timeout.is_zero() {
             return err(format!("{p}.timeout"), "must be greater than 0");
+        }
+        if self.invalidations_per_second == 0 {
+            return err(
+                format!("{p}.invalidations_per_second"),
+                "must be at least 1; 0 would keep every POST from reaching other nodes",
+            );
         }
         if !(4096..=(128 << 20)).contains(&self.chunk_size) {
             return err(
@@ -239,6 +318,9 @@ fn tenth() -> f64 {
 }
 fn five() -> u32 {
     5
+}
+fn hundred() -> u32 {
+    100
 }
 fn four() -> usize {
     4

@@ -25,6 +25,10 @@ pub struct RouteMirror {
     pub methods: Vec<String>,
     #[serde(default)]
     pub compare: Compare,
+    /// Send the client's `Authorization`, `Cookie` and `Proxy-Authorization` to staging too.
+    /// Off by default: staging is rarely guarded like production, and its logs are not either.
+    #[serde(default)]
+    pub forward_credentials: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,10 +6,13 @@
 //! sits under `pingora:` and keeps Pingora's rules: it ignores unknown keys inside that section.
 
 mod cache;
+mod edge;
 mod mirror;
-mod values;
+pub mod rules;
+pub(crate) mod values;
 
-pub use cache::{Cache, Memcached, Memory, MAX_CHUNKS};
+pub use cache::{Cache, ClientCacheControl, Memcached, Memory, Tags, MAX_CHUNKS};
+pub use edge::{Listener, PurgeToken};
 pub use mirror::{Compare, MirrorLimits, MirrorLog, RouteMirror};
 pub use values::{parse_duration, parse_size, Cidr};
 
@@ -18,17 +21,21 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Pingora's `ServerConf` (threads, pid_file, upgrade_sock, grace periods…), passed through.
-    #[serde(default = "default_pingora")]
+    #[serde(default = "default_pingora", deserialize_with = "pingora_conf")]
     pub pingora: ServerConf,
-    /// Public HTTP listeners.
-    #[serde(deserialize_with = "values::socket_addrs")]
-    pub listen: Vec<SocketAddr>,
+    /// Public HTTP listeners, plain or PROXY protocol.
+    pub listen: Vec<Listener>,
+    /// Load balancers and TLS terminators whose `X-Forwarded-For` is believed (see
+    /// the `client` module); empty: nobody's.
+    #[serde(default, deserialize_with = "values::cidrs")]
+    pub trusted_proxies: Vec<Cidr>,
     pub admin: Admin,
     pub upstreams: BTreeMap<String, Upstream>,
     /// Evaluated in order; the first match wins.
@@ -42,6 +49,9 @@ pub struct Config {
     /// Bounds shared by every route's `mirror`.
     #[serde(default)]
     pub mirror_limits: MirrorLimits,
+    /// Evaluated in order on every request; see docs/rules.md.
+    #[serde(default)]
+    pub rules: Vec<rules::RuleConf>,
 }
 
 /// Bounds on what one client or one origin can make Shellac read or hold.
@@ -74,8 +84,9 @@ pub struct Limits {
     /// How long an idle keep-alive client connection is kept.
     #[serde(default = "secs::<60>", deserialize_with = "values::duration")]
     pub keepalive_timeout: Duration,
-    /// Open connections one client IP may hold; further ones are closed at once.
-    #[serde(default = "conns")]
+    /// Open connections one client IP may hold; further ones are closed at once. 0 (the
+    /// default): no cap, because behind a load balancer every connection has one address.
+    #[serde(default)]
     pub max_connections_per_ip: usize,
 }
 
@@ -94,12 +105,30 @@ fn hundred() -> usize {
 fn sixteen() -> usize {
     16
 }
-fn conns() -> usize {
-    256
-}
 
 fn default_pingora() -> ServerConf {
-    ServerConf::default()
+    with_shellac_defaults(ServerConf::default(), false, false)
+}
+
+/// Pingora's `ServerConf`, with Shellac's defaults where the file leaves a key out: one worker
+/// thread per CPU (Pingora's own default is 1) and an upstream pool of 1024 idle connections
+/// (Pingora's 128 makes a busy node reconnect to its origins under 1000 clients).
+fn pingora_conf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ServerConf, D::Error> {
+    let v = serde_yaml::Value::deserialize(d)?;
+    let has = |k: &str| v.get(k).is_some();
+    let (threads, pool) = (has("threads"), has("upstream_keepalive_pool_size"));
+    let conf: ServerConf = serde_yaml::from_value(v).map_err(serde::de::Error::custom)?;
+    Ok(with_shellac_defaults(conf, threads, pool))
+}
+
+fn with_shellac_defaults(mut c: ServerConf, threads_set: bool, pool_set: bool) -> ServerConf {
+    if !threads_set {
+        c.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    if !pool_set {
+        c.upstream_keepalive_pool_size = 1024;
+    }
+    c
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,9 +137,15 @@ pub struct Admin {
     /// `/metrics` and `/healthz` are served here and only here.
     #[serde(deserialize_with = "values::socket_addr")]
     pub listen: SocketAddr,
-    /// Clients allowed to send PURGE on the public listener, by their TCP peer address.
+    /// Clients allowed to send PURGE on the public listener, by their real address.
     #[serde(default = "loopback", deserialize_with = "values::cidrs")]
     pub purge_allow: Vec<Cidr>,
+    /// A file holding a secret; `PURGE` with `Authorization: Bearer <secret>` is allowed from
+    /// any address.
+    pub purge_token_file: Option<PathBuf>,
+    /// The secret, read from `purge_token_file` at load.
+    #[serde(skip)]
+    pub purge_token: Option<PurgeToken>,
 }
 
 fn loopback() -> Vec<Cidr> {
@@ -304,8 +339,21 @@ pub struct Route {
     pub stale_while_revalidate: Duration,
     #[serde(default, deserialize_with = "values::duration")]
     pub stale_if_error: Duration,
+    /// Whether a client's `Cache-Control: no-cache`/`max-age` or `Pragma: no-cache` may make
+    /// a stored response go back to the origin.
+    #[serde(default)]
+    pub client_cache_control: ClientCacheControl,
     /// Fork sampled requests to a staging upstream and compare its answers.
     pub mirror: Option<RouteMirror>,
+}
+
+impl Route {
+    /// The route's name: `name`, else host + path_prefix.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", self.host, self.path_prefix))
+    }
 }
 
 fn star() -> String {
@@ -352,40 +400,20 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).or_else(|e| {
+        let mut config: Config = serde_yaml::from_str(text).or_else(|e| {
             // serde_yaml already prefixes the key path ("upstreams.app.backends[1]: …").
-            err("", e.to_string())
+            err("", rules::with_rule_name(text, e.to_string()))
         })?;
         config.validate()?;
+        if let Some(path) = &config.admin.purge_token_file {
+            config.admin.purge_token = Some(PurgeToken::load(path)?);
+        }
         Ok(config)
     }
 
     /// Rules that span keys, checked before anything is bound.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() {
-            return err(
-                "listen",
-                "at least one listener is needed, e.g. [\"127.0.0.1:8080\"]",
-            );
-        }
-        let mut seen = HashSet::new();
-        for (i, a) in self.listen.iter().enumerate() {
-            if !seen.insert(*a) {
-                return err(
-                    format!("listen[{i}]"),
-                    format!("{a} is listed twice; remove the duplicate"),
-                );
-            }
-        }
-        if seen.contains(&self.admin.listen) {
-            return err(
-                "admin.listen",
-                format!(
-                    "{} is also a public listener; metrics must not be public, pick another port",
-                    self.admin.listen
-                ),
-            );
-        }
+        edge::validate_listeners(&self.listen, self.admin.listen)?;
         if self.upstreams.is_empty() {
             return err("upstreams", "define at least one upstream group");
         }
@@ -451,11 +479,11 @@ impl Config {
         if l.max_headers > 256 || l.max_header_bytes > (1 << 20) {
             return err("limits", "Pingora reads at most 256 header fields and 1MiB of header; keep max_headers and max_header_bytes within that");
         }
-        if l.header_timeout.is_zero()
-            || l.keepalive_timeout.is_zero()
-            || l.max_connections_per_ip == 0
-        {
-            return err("limits", "header_timeout, keepalive_timeout and max_connections_per_ip must be greater than 0");
+        if l.header_timeout.is_zero() || l.keepalive_timeout.is_zero() {
+            return err(
+                "limits",
+                "header_timeout and keepalive_timeout must be greater than 0",
+            );
         }
         if self.routes.is_empty() {
             return err(
@@ -497,8 +525,7 @@ impl Config {
                 mirror::validate_route(&p, m, &r.upstream, |n| self.upstreams.contains_key(n))?;
             }
         }
-        mirror::validate_limits(&self.mirror_limits)?;
-        Ok(())
+        mirror::validate_limits(&self.mirror_limits)
     }
 }
 
@@ -529,6 +556,22 @@ routes:
         assert_eq!(app.read_timeout, Duration::from_secs(30));
         assert_eq!(c.admin.purge_allow.len(), 2);
         assert_eq!(c.access_log.target, LogTarget::Off);
+    }
+
+    #[test]
+    fn pingora_defaults_fit_a_busy_node() {
+        let c = Config::parse(GOOD).unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.pingora.threads, cpus);
+        assert_eq!(c.pingora.upstream_keepalive_pool_size, 1024);
+        let c = Config::parse(&format!(
+            "{GOOD}pingora: {{threads: 3, upstream_keepalive_pool_size: 7}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.pingora.threads, 3);
+        assert_eq!(c.pingora.upstream_keepalive_pool_size, 7);
+        let c = Config::parse(&format!("{GOOD}pingora: {{grace_period_seconds: 1}}\n")).unwrap();
+        assert_eq!(c.pingora.threads, cpus);
     }
 
     #[test]
@@ -591,6 +634,48 @@ routes:
         );
         let e = error_of(&GOOD.replace("failures: 2,", "failure: 2,"));
         assert!(e.contains("unknown field `failure`"), "{e}");
+    }
+
+    #[test]
+    fn load_balancer_keys() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.limits.max_connections_per_ip, 0, "no cap by default");
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.cache.invalidate_on, ["POST", "PUT", "DELETE", "PATCH"]);
+        assert_eq!(c.routes[0].client_cache_control, ClientCacheControl::Ignore);
+        let c = Config::parse(&format!(
+            "{}trusted_proxies: [10.0.0.0/8]\n",
+            GOOD.replace(
+                "listen: [\"127.0.0.1:8080\"]",
+                "listen: [{addr: \"127.0.0.1:8080\", proxy_protocol: true}, \"127.0.0.1:8081\"]"
+            )
+        ))
+        .unwrap();
+        assert!(c.listen[0].proxy_protocol && !c.listen[1].proxy_protocol);
+        assert_eq!(c.trusted_proxies.len(), 1);
+        let e = error_of(&format!("{GOOD}cache: {{invalidate_on: [post]}}\n"));
+        assert!(
+            e.contains("cache.invalidate_on[0]") && e.contains("\"POST\""),
+            "{e}"
+        );
+        let e = error_of(&format!("{GOOD}cache: {{invalidate_on: [GET]}}\n"));
+        assert!(e.contains("safe method"), "{e}");
+        let e = error_of(&GOOD.replace(
+            "admin: {listen: \"127.0.0.1:9091\"}",
+            "admin: {listen: \"127.0.0.1:9091\", purge_token_file: /nonexistent/token}",
+        ));
+        assert!(
+            e.contains("admin.purge_token_file") && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace(
+            "upstream: app}",
+            "upstream: app, client_cache_control: always}",
+        ));
+        assert!(
+            e.contains("client_cache_control") && e.contains("honor"),
+            "{e}"
+        );
     }
 
     #[test]

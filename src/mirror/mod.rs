@@ -56,6 +56,8 @@ struct Route {
     methods: Vec<Method>,
     rules: compare::Rules,
     stats: Stats,
+    /// Send Authorization, Cookie and Proxy-Authorization to staging.
+    forward_credentials: bool,
 }
 
 /// Metric handles resolved at start-up, so counting does no label lookup.
@@ -151,6 +153,7 @@ impl Mirror {
                         .filter_map(|s| Method::from_bytes(s.as_bytes()).ok())
                         .collect(),
                     rules: compare::Rules::new(&m.compare),
+                    forward_credentials: m.forward_credentials,
                 }))
             })
             .collect();
@@ -197,11 +200,8 @@ impl Mirror {
             return None;
         };
         let peer = group.peer(&backend);
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let fwd = match staging_request(req, client, request_id) {
+        let hop = crate::client::hop(session);
+        let fwd = match staging_request(req, hop, request_id, m.forward_credentials) {
             Ok(fwd) => fwd,
             Err(_) => {
                 m.stats.count(Outcome::Skipped);

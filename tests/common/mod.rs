@@ -111,6 +111,33 @@ impl Shellac {
         Self::start_with_grace(body, 1).await
     }
 
+    /// As [`Shellac::start`], running `bin` (a binary built on the library, e.g. an example
+    /// with plugins) instead of `shellac`.
+    pub async fn start_bin(bin: &std::path::Path, body: &str) -> Shellac {
+        let dir = temp_dir();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_path = dir.join("shellac.yaml");
+        std::fs::write(&config_path, Self::render(body, &dir, addr, admin, 1)).unwrap();
+        let log = std::fs::File::create(dir.join("shellac.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the binary");
+        let mut s = Shellac {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path,
+        };
+        s.wait_ready().await;
+        s
+    }
+
     /// As [`Shellac::start`], with `pingora.grace_period_seconds` set to `grace`.
     pub async fn start_with_grace(body: &str, grace: u64) -> Shellac {
         let dir = temp_dir();
@@ -137,9 +164,13 @@ impl Shellac {
         grace: u64,
     ) -> String {
         let mut yaml = format!(
-            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\nlisten: [\"{addr}\"]\n",
+            "pingora:\n  threads: 2\n  pid_file: {d}/shellac.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 1\n",
             d = dir.display()
         );
+        // A body with its own `listen:` (e.g. PROXY protocol listeners) uses `{LISTEN}` in it.
+        if !body.lines().any(|l| l.starts_with("listen:")) {
+            yaml.push_str(&format!("listen: [\"{addr}\"]\n"));
+        }
         if !body.contains("admin:") {
             yaml.push_str(&format!("admin: {{listen: \"{admin}\"}}\n"));
         }

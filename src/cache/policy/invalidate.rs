@@ -1,9 +1,12 @@
 //! Invalidation by unsafe methods (RFC 9111 §4.4): which responses invalidate, and which
 //! URIs they invalidate.
 
-/// §4.4: methods whose non-error responses invalidate stored responses for the target URI.
-pub fn invalidates(method: &http::Method, status: u16) -> bool {
-    !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE") && (200..400).contains(&status)
+/// §4.4: whether a response invalidates stored responses for the target URI: a non-error
+/// answer to one of `on` (`cache.invalidate_on`). The comparison is exact: methods are
+/// case-sensitive (RFC 9110 §9.1), so `post` and unknown extension methods, which anyone can
+/// send and an origin may answer 200, invalidate nothing unless listed.
+pub fn invalidates(method: &http::Method, status: u16, on: &[http::Method]) -> bool {
+    on.contains(method) && (200..400).contains(&status)
 }
 
 /// The path of a `Location`/`Content-Location` value if it points at the same origin: a

@@ -4,20 +4,20 @@ use super::invalidate::invalidates;
 use super::*;
 use std::time::UNIX_EPOCH;
 
-const NOW: u64 = 1_700_000_000;
+pub(super) const NOW: u64 = 1_700_000_000;
 
 /// Header fields of one message in a table row.
-type Fields<'a> = &'a [(&'a str, &'a str)];
+pub(super) type Fields<'a> = &'a [(&'a str, &'a str)];
 
-fn at(secs: u64) -> SystemTime {
+pub(super) fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-fn date(secs: u64) -> String {
+pub(super) fn date(secs: u64) -> String {
     httpdate::fmt_http_date(at(secs))
 }
 
-fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
+pub(super) fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
     let mut r = RequestHeader::build(method, b"/x", None).unwrap();
     for (k, v) in headers {
         r.append_header(k.to_string(), *v).unwrap();
@@ -25,7 +25,7 @@ fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
     r
 }
 
-fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+pub(super) fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
     let mut r = ResponseHeader::build(status, None).unwrap();
     for (k, v) in headers {
         r.append_header(k.to_string(), *v).unwrap();
@@ -33,12 +33,12 @@ fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
     r
 }
 
-const H: Heuristic = Heuristic {
+pub(super) const H: Heuristic = Heuristic {
     fraction: 0.1,
     max: Duration::from_secs(86400),
 };
 
-fn timing() -> Timing {
+pub(super) fn timing() -> Timing {
     Timing {
         request_sent: at(NOW),
         response_received: at(NOW),
@@ -50,7 +50,11 @@ fn decide(rq: &RequestHeader, rs: &ResponseHeader) -> Result<CacheMeta, &'static
 }
 
 /// Seconds of freshness the stored response gets, or the refusal.
-fn ttl(rq: &[(&str, &str)], status: u16, rs: &[(&str, &str)]) -> Result<i64, &'static str> {
+pub(super) fn ttl(
+    rq: &[(&str, &str)],
+    status: u16,
+    rs: &[(&str, &str)],
+) -> Result<i64, &'static str> {
     decide(&req("GET", rq), &resp(status, rs)).map(|m| ttl_secs(&m, at(NOW)))
 }
 
@@ -380,7 +384,7 @@ fn stored(cc: &str, age_secs: u64, ttl: i64) -> CacheMeta {
 
 #[test]
 fn request_directives_on_hits_section_5_2_1() {
-    let f = |rq: &[(&str, &str)], m: &CacheMeta| on_hit(&req("GET", rq), m, at(NOW), &[]);
+    let f = |rq: &[(&str, &str)], m: &CacheMeta| on_hit(&req("GET", rq), m, at(NOW), true, &[]);
     let fresh = stored("max-age=100", 40, 60);
     let stale = stored("max-age=100", 130, -30);
     let stale_mr = stored("max-age=100, must-revalidate", 130, -30);
@@ -430,164 +434,139 @@ fn request_directives_on_hits_section_5_2_1() {
 }
 
 #[test]
-fn unsafe_methods_invalidate_section_4_4() {
-    use http::Method;
-    assert!(invalidates(&Method::POST, 200));
-    assert!(invalidates(&Method::DELETE, 204));
-    assert!(invalidates(&Method::PUT, 302));
-    assert!(invalidates(&Method::from_bytes(b"FROB").unwrap(), 200));
-    assert!(!invalidates(&Method::POST, 500));
-    assert!(!invalidates(&Method::POST, 404));
-    assert!(!invalidates(&Method::GET, 200));
-    assert!(!invalidates(&Method::OPTIONS, 200));
-}
-
-fn with_targeted(rs: &[(&str, &str)]) -> Result<i64, &'static str> {
-    let names = [http::HeaderName::from_static("cdn-cache-control")];
-    storable(
-        &req("GET", &[]),
-        &resp(200, rs),
-        timing(),
-        H,
-        StaleDefaults::default(),
-        &names,
-    )
-    .map(|m| ttl_secs(&m, at(NOW)))
-    .map_err(Refusal::label)
+fn client_reloads_are_ignored_unless_honoured() {
+    let ignore =
+        |rq: &[(&str, &str)], m: &CacheMeta| on_hit(&req("GET", rq), m, at(NOW), false, &[]);
+    let fresh = stored("max-age=100", 40, 60);
+    let stale = stored("max-age=100", 130, -30);
+    use ForcedFreshness::*;
+    for rq in [
+        &[("Cache-Control", "no-cache")][..],
+        &[("Cache-Control", "max-age=0")],
+        &[("Cache-Control", "max-age=30")],
+        &[("Pragma", "no-cache")],
+    ] {
+        assert!(ignore(rq, &fresh).is_none(), "{rq:?}");
+    }
+    // The directives that cannot add origin load still count.
+    assert!(matches!(
+        ignore(&[("Cache-Control", "min-fresh=90")], &fresh),
+        Some(ForceExpired)
+    ));
+    assert!(matches!(
+        ignore(&[("Cache-Control", "max-stale")], &stale),
+        Some(ForceFresh)
+    ));
 }
 
 #[test]
-fn targeted_cache_control_rfc_9213() {
-    let table: &[(Fields, Result<i64, &str>)] = &[
-        // The targeted field replaces Cache-Control for this cache.
+fn unsafe_methods_invalidate_section_4_4() {
+    use http::Method;
+    let on = [Method::POST, Method::PUT, Method::DELETE, Method::PATCH];
+    assert!(invalidates(&Method::POST, 200, &on));
+    assert!(invalidates(&Method::DELETE, 204, &on));
+    assert!(invalidates(&Method::PUT, 302, &on));
+    assert!(!invalidates(
+        &Method::from_bytes(b"FROB").unwrap(),
+        200,
+        &on
+    ));
+    assert!(!invalidates(
+        &Method::from_bytes(b"post").unwrap(),
+        200,
+        &on
+    ));
+    assert!(!invalidates(&Method::POST, 500, &on));
+    assert!(!invalidates(&Method::POST, 404, &on));
+    assert!(!invalidates(&Method::GET, 200, &on));
+    assert!(!invalidates(&Method::OPTIONS, 200, &on));
+}
+
+#[test]
+fn operator_overrides() {
+    let d = date(NOW);
+    let with = |rs: Fields, o: Overrides| {
+        storable_with(
+            &req("GET", &[]),
+            &resp(200, rs),
+            timing(),
+            H,
+            StaleDefaults::default(),
+            &[],
+            o,
+        )
+        .map(|m| {
+            (
+                ttl_secs(&m, at(NOW)),
+                m.serve_stale_if_error(at(NOW + 80_000)),
+            )
+        })
+        .map_err(Refusal::label)
+    };
+    let ttl = Overrides {
+        ttl: Some(Duration::from_secs(600)),
+        ..Overrides::default()
+    };
+    let force = Overrides {
+        force_ttl: Some(Duration::from_secs(3600)),
+        ..Overrides::default()
+    };
+    let lm = date(NOW - 86400);
+    type Row<'a> = (Fields<'a>, Overrides, Result<(i64, bool), &'a str>);
+    let table: &[Row] = &[
+        // ttl: only without explicit freshness, ahead of the heuristic.
+        (&[("Date", &d)], ttl, Ok((600, false))),
         (
-            &[
-                ("Cache-Control", "no-store"),
-                ("CDN-Cache-Control", "max-age=60"),
-            ],
-            Ok(60),
+            &[("Date", &d), ("Last-Modified", &lm)],
+            ttl,
+            Ok((600, false)),
         ),
         (
-            &[
-                ("Cache-Control", "max-age=60"),
-                ("CDN-Cache-Control", "no-store"),
-            ],
+            &[("Date", &d), ("Cache-Control", "max-age=5")],
+            ttl,
+            Ok((5, false)),
+        ),
+        (
+            &[("Date", &d), ("Cache-Control", "private")],
+            ttl,
+            Err("private"),
+        ),
+        // force_ttl: over freshness, no-cache and private; never over no-store or Set-Cookie.
+        (
+            &[("Date", &d), ("Cache-Control", "private, no-cache")],
+            force,
+            Ok((3600, false)),
+        ),
+        (
+            &[("Date", &d), ("Cache-Control", "max-age=5")],
+            force,
+            Ok((3600, false)),
+        ),
+        (
+            &[("Date", &d), ("Cache-Control", "no-store")],
+            force,
             Err("no-store"),
         ),
         (
-            &[
-                ("Cache-Control", "max-age=5"),
-                ("CDN-Cache-Control", "private"),
-            ],
-            Err("private"),
+            &[("Date", &d), ("Set-Cookie", "a=b")],
+            force,
+            Err("set-cookie"),
         ),
-        (&[("CDN-Cache-Control", "s-maxage=30, max-age=5")], Ok(30)),
-        // Unknown extensions are ignored; an invalid field as a whole.
-        (&[("CDN-Cache-Control", "max-age=20, x-ext=1")], Ok(20)),
+        // stale: replaces the route's defaults; the response's own windows still win.
         (
-            &[
-                ("Cache-Control", "max-age=60"),
-                ("CDN-Cache-Control", "Max-Age=1"),
-            ],
-            Ok(60),
+            &[("Date", &d), ("Cache-Control", "max-age=5")],
+            Overrides {
+                stale: Some(StaleDefaults {
+                    while_revalidate: 0,
+                    if_error: 86400,
+                    on_disconnect: 0,
+                }),
+                ..Overrides::default()
+            },
+            Ok((5, true)),
         ),
     ];
-    for (rs, want) in table {
-        assert_eq!(with_targeted(rs), *want, "{rs:?}");
+    for (rs, o, want) in table {
+        assert_eq!(&with(rs, *o), want, "{rs:?} {o:?}");
     }
-    // Without the field configured it is just another header.
-    assert_eq!(
-        ttl(
-            &[],
-            200,
-            &[
-                ("Cache-Control", "no-store"),
-                ("CDN-Cache-Control", "max-age=60")
-            ]
-        ),
-        Err("no-store")
-    );
-}
-
-#[test]
-fn must_understand_overrides_no_store_section_5_2_2_3() {
-    let mu = "max-age=60, no-store, must-understand";
-    assert_eq!(ttl(&[], 200, &[("Cache-Control", mu)]), Ok(60));
-    assert_eq!(ttl(&[], 299, &[("Cache-Control", mu)]), Err("no-store"));
-    assert_eq!(
-        ttl(&[], 200, &[("Cache-Control", "max-age=60, no-store")]),
-        Err("no-store")
-    );
-}
-
-#[test]
-fn expires_in_all_three_formats_section_5_3() {
-    // NOW + 100 s in each format, with names in odd case.
-    let t = at(NOW + 100);
-    let imf = httpdate::fmt_http_date(t);
-    let dt: std::time::SystemTime = t;
-    let secs = dt.duration_since(UNIX_EPOCH).unwrap().as_secs();
-    assert_eq!(secs, NOW + 100);
-    // 2023-11-14T22:15:00Z is NOW + 100 (NOW = 1_700_000_000 = Tue, 14 Nov 2023 22:13:20 GMT).
-    for expires in [
-        imf.as_str(),
-        "tue, 14 NOV 2023 22:15:00 GMT",
-        "Tuesday, 14-Nov-23 22:15:00 GMT",
-        "tuesday, 14-nov-23 22:15:00 GMT",
-        "Tue Nov 14 22:15:00 2023",
-        "TUE NOV 14 22:15:00 2023",
-    ] {
-        assert_eq!(
-            ttl(&[], 200, &[("Date", &date(NOW)), ("Expires", expires)]),
-            Ok(100),
-            "{expires}"
-        );
-    }
-    for invalid in ["0", "Tue, 14 Nov 2023 22:15:00 UTC", "yesterday"] {
-        assert_eq!(
-            ttl(
-                &[],
-                200,
-                &[
-                    ("Date", &date(NOW)),
-                    ("Expires", invalid),
-                    ("ETag", "\"a\"")
-                ]
-            ),
-            Ok(0),
-            "{invalid} means already expired"
-        );
-    }
-}
-
-#[test]
-fn age_lists_count_their_first_member_section_5_1() {
-    let d = date(NOW);
-    // Age: 7200, 0 is 7200: with max-age=3600 the response is stale on arrival.
-    assert_eq!(
-        ttl(
-            &[],
-            200,
-            &[
-                ("Cache-Control", "max-age=3600"),
-                ("Age", "7200, 0"),
-                ("Date", &d),
-                ("ETag", "\"a\"")
-            ]
-        ),
-        Ok(-3600)
-    );
-    assert_eq!(
-        ttl(
-            &[],
-            200,
-            &[
-                ("Cache-Control", "max-age=3600"),
-                ("Age", "9223372036854775807"),
-                ("Date", &d),
-                ("ETag", "\"a\"")
-            ]
-        ),
-        Ok(3600 - (1_i64 << 31))
-    );
 }
