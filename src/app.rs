@@ -2,7 +2,7 @@
 //! a checklist; the details live in the modules it calls.
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::conn::Counted;
 use crate::proxy::Proxy;
 use crate::route::Router;
@@ -20,12 +20,19 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::sync::Arc;
 
-pub fn build(opt: Opt, config: Config) -> Server {
+/// Builds every component start-up runs, binding nothing: `-t` calls exactly this and stops,
+/// so a config that passes `-t` builds the same way at start. The caller bootstraps (takes over
+/// a running instance's sockets with `-u`) and runs the server.
+pub fn build(opt: Opt, config: Config) -> Result<Server, ConfigError> {
     build_with(opt, config, Vec::new())
 }
 
 /// As [`build`], with Rust plugins run after the config's rules (see [`crate::rules::plugin`]).
-pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Server {
+pub fn build_with(
+    opt: Opt,
+    config: Config,
+    plugins: Vec<Arc<dyn Plugin>>,
+) -> Result<Server, ConfigError> {
     crate::metrics::init();
     let mut rules = crate::rules::Rules::of(&config).expect("checked by cli::run before building");
     rules.extend(plugins);
@@ -43,19 +50,18 @@ pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Se
         rules: _,
     } = config;
     if let Err(e) = crate::access_log::init(&access_log.target) {
-        eprintln!("shellac: access_log.target {:?}: {e}", access_log.target);
-        std::process::exit(1);
+        return Err(ConfigError {
+            path: "access_log.target".into(),
+            message: format!("{:?}: {e}", access_log.target),
+        });
     }
 
     let mut server = Server::new_with_opt_and_conf(opt, pingora);
-    // Takes over the listening sockets of a running instance when started with -u.
-    server.bootstrap();
-
     let names: Vec<&String> = upstreams.keys().collect();
     let groups: Vec<Group> = upstreams
         .iter()
         .map(|(name, u)| Group::new(&mut server, name, u))
-        .collect();
+        .collect::<Result<_, _>>()?;
     let router = Router::new(&routes, |n| {
         names.iter().position(|k| *k == n).expect("validated")
     });
@@ -87,13 +93,13 @@ pub fn build_with(opt: Opt, config: Config, plugins: Vec<Arc<dyn Plugin>>) -> Se
         } else {
             ""
         };
-        log::info!("listening on http://{}{proxy}", l.addr);
+        log::info!("public listener http://{}{proxy}", l.addr);
     }
     server.add_service(public);
 
     let mut admin_svc = Service::new("shellac admin".into(), HttpServer::new_app(Admin));
     admin_svc.add_tcp(&admin.listen.to_string());
-    log::info!("admin (metrics, healthz) on http://{}", admin.listen);
+    log::info!("admin listener (metrics, healthz) http://{}", admin.listen);
     server.add_service(admin_svc);
-    server
+    Ok(server)
 }

@@ -20,6 +20,35 @@ pub fn raw(req: &RequestHeader) -> &str {
     }
 }
 
+/// RFC 9112 §3.2.2: for an absolute-form target the server replaces Host with the target's
+/// authority. Pingora already refuses a Host that differs from it; this covers a request with
+/// no Host (HTTP/1.0, or HTTP/1.1 absolute-form), which would otherwise route and key on an
+/// empty host while the origin is sent the target's. Done once before routing, so the route,
+/// the key and the origin read the same host. `Err` when the target's authority is not a valid
+/// `host[:port]` (a 400).
+pub fn adopt_target(req: &mut RequestHeader) -> Result<(), InvalidTarget> {
+    use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+    let authority = match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::Absolute { authority, .. } => authority,
+        _ => return Ok(()),
+    };
+    // Userinfo is never part of the authority a request names (RFC 9110 §4.2.4).
+    let host = authority.rsplit(|b| *b == b'@').next().unwrap_or(authority);
+    if host.is_empty() || !valid(host) {
+        return Err(InvalidTarget);
+    }
+    if req.headers.get(http::header::HOST).map(|h| h.as_bytes()) == Some(host) {
+        return Ok(());
+    }
+    let host = http::HeaderValue::from_bytes(host).map_err(|_| InvalidTarget)?;
+    req.insert_header(http::header::HOST, host)
+        .map_err(|_| InvalidTarget)
+}
+
+/// An absolute-form target whose authority is not a valid `host[:port]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidTarget;
+
 /// `(host, port)` of an authority; `port` is empty when absent. An IPv6 literal keeps its
 /// brackets. A trailing `:` with no digits counts as no port (RFC 3986 §3.2.3 allows it).
 pub fn split(authority: &str) -> (&str, &str) {
@@ -144,6 +173,23 @@ mod tests {
         r.insert_header("Host", "b.test").unwrap();
         assert_eq!(raw(&r), "A.test:81");
         assert_eq!(Authority::of(&r).host(), "a.test");
+    }
+
+    #[test]
+    fn absolute_form_replaces_host() {
+        let mut r = RequestHeader::build("GET", b"http://u@A.test:81/x", None).unwrap();
+        assert_eq!(Authority::of(&r).host(), "", "no Host yet");
+        adopt_target(&mut r).unwrap();
+        assert_eq!(r.headers["host"], "A.test:81");
+        assert_eq!(Authority::of(&r).host(), "a.test");
+        let mut r = RequestHeader::build("GET", b"http://a.test/x", None).unwrap();
+        r.insert_header("Host", "b.test").unwrap();
+        adopt_target(&mut r).unwrap();
+        assert_eq!(r.headers["host"], "a.test", "the target wins over Host");
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        r.insert_header("Host", "b.test").unwrap();
+        adopt_target(&mut r).unwrap();
+        assert_eq!(r.headers["host"], "b.test", "origin-form keeps its Host");
     }
 
     #[test]

@@ -50,7 +50,9 @@
 //! is dropped before Pingora reads a byte of HTTP (counted in
 //! `shellac_connections_refused_total`); 0 is no cap. The IP is the connection's source (PROXY
 //! or TCP); connections from `trusted_proxies` are not capped, since each carries many clients
-//! (see [`crate::client`]). IPv4-mapped IPv6 peers count as their IPv4 address.
+//! (see [`crate::client`]). IPv4-mapped IPv6 peers count as their IPv4 address; other IPv6 peers count by their /64
+//! ([`cap_key`]), since one host is routinely given a whole /64 and could otherwise open
+//! `max_connections_per_ip` connections from each of 2^64 addresses.
 
 use crate::client::{proxy_protocol, Clients};
 use crate::config::{Limits, Listener};
@@ -156,7 +158,7 @@ impl<A> Counted<A> {
             .as_ref()
             .or(digest.as_ref())
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let Some(slot) = Slot::take(&self.per_ip, self.clients.cap_key(source)) else {
+        let Some(slot) = Slot::take(&self.per_ip, self.clients.cap_key(source).map(cap_key)) else {
             metrics::CONNECTIONS_REFUSED
                 .with_label_values(&["per_ip_cap"])
                 .inc();
@@ -200,6 +202,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
 // --- per-IP cap ------------------------------------------------------------------------------
 
 const SHARDS: usize = 16;
+
+/// What the per-IP cap counts a peer as: IPv4 (also when IPv4-mapped) as itself, IPv6 as its
+/// /64 network (RFC 4291 §2.5.4: the interface identifier is the host's to choose).
+pub fn cap_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
 
 struct PerIp {
     max: usize,
@@ -547,6 +558,16 @@ mod tests {
             "a lone CR is not a line end"
         );
         assert_eq!(ends(&[b"X: a\r\n\r", b"x\r\n"]), [false, false]);
+    }
+
+    #[test]
+    fn ipv6_peers_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let k = |s: &str| cap_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_ne!(k("2001:db8:1:3::1"), k("2001:db8:1:2::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(k("192.0.2.7"), "192.0.2.7");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub const HOP_BY_HOP: [&str; 7] = [
 /// of which are in the cache key. A client could use them to make the origin produce a response
 /// for someone else's URL (cache poisoning), so they never reach the origin. Shellac itself sets
 /// X-Forwarded-For and X-Forwarded-Proto.
-const UNKEYED: [&str; 16] = [
+const UNKEYED: [&str; 23] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-scheme",
@@ -38,6 +38,15 @@ const UNKEYED: [&str; 16] = [
     "x-forwarded-ssl",
     "x-original-url",
     "x-rewrite-url",
+    // Path overrides frameworks and gateways honour (Traefik, nginx auth_request, Envoy): the
+    // path routed and keyed is the request's own, so no other may reach the origin.
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-original-uri",
+    "x-original-path",
+    "x-envoy-original-path",
+    "x-envoy-original-host",
+    "x-envoy-original-dst-host",
     "x-original-host",
     "x-host",
     "x-http-method-override",

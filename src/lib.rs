@@ -9,6 +9,7 @@
 //!   module that asks.
 //! - [`proxy`]: the `ProxyHttp` hooks; each is a few lines calling the module that owns it.
 //! - [`authority`]: the request's host and port: one parser, one validator, one normal form.
+//! - [`path`]: the request path in normal form (RFC 3986 §6.2.2), before routing.
 //! - [`route`]: host and path prefix → upstream group and cache rule.
 //! - [`upstream`]: backend selection, health checks, connection settings.
 //! - [`cache`]: RFC 9111 policy, cache keys, `Cache-Status`, purge, and the two tiers: the
@@ -40,6 +41,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod mirror;
+pub mod path;
 pub mod proxy;
 pub mod readiness;
 pub mod reload;

@@ -318,6 +318,15 @@ pub static CACHE_BODY_RESUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Make the memcached metrics exist at start-up (call when the memcached tier is configured).
+pub static MEMCACHED_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_memcached_rejected_total",
+        "memcached values that failed authentication (cache.memcached.key_file), by kind (head, chunk, lease, purge_marker, invalidation) and reason (short: too short to hold a tag; bad_tag: no tag, wrong key, wrong item or forged); each was treated as absent and deleted",
+        &["kind", "reason"]
+    )
+    .unwrap()
+});
+
 pub fn init_memcached() {
     LazyLock::force(&L2_LOOKUPS);
     LazyLock::force(&MEMCACHED_READ_BYTES);
@@ -325,6 +334,7 @@ pub fn init_memcached() {
     LazyLock::force(&MEMCACHED_ERRORS);
     LazyLock::force(&MEMCACHED_EXCHANGE_DURATION);
     LazyLock::force(&MEMCACHED_BREAKER_STATE);
+    LazyLock::force(&MEMCACHED_REJECTED);
     for r in ["resumed", "aborted"] {
         CACHE_BODY_RESUMES.with_label_values(&[r]);
     }

@@ -192,6 +192,13 @@ impl ProxyHttp for Proxy {
         if let Some(code) = limits::check_request(session.req_header(), &self.limits) {
             return refuse(session, code).await;
         }
+        // Before routing: the route, the key and the forwarded request read the normal form.
+        let req = session.req_header_mut();
+        if crate::authority::adopt_target(req).is_err()
+            || crate::path::normalise_request(req).is_err()
+        {
+            return refuse(session, 400).await;
+        }
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs()));
         }
@@ -454,7 +461,8 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.cache.done(session, &ctx.cache, ctx.backend.is_some());
+        // `attempts`, not `backend`: a refused connection clears the backend but still fetched.
+        self.cache.done(session, &ctx.cache, ctx.attempts > 0);
         if let Some(fork) = ctx.mirror.take() {
             fork.finish(e.is_some());
         }

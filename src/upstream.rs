@@ -1,7 +1,7 @@
 //! Upstream groups: backend selection through pingora-load-balancing, active health checks run
 //! as background services, and the per-backend connection settings.
 
-use crate::config::{self, CheckKind, Selection};
+use crate::config::{self, CheckKind, ConfigError, Selection};
 use crate::metrics;
 use async_trait::async_trait;
 use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
@@ -58,18 +58,36 @@ pub struct Group {
 }
 
 impl Group {
-    /// Builds the group and registers its health checks with the server.
-    pub fn new(server: &mut Server, name: &str, conf: &config::Upstream) -> Group {
-        let backends: BTreeSet<Backend> = conf
+    /// Builds the group and registers its health checks with the server. Everything that can
+    /// fail fails here, as an error naming the key (`-t` runs this same code, so a config that
+    /// passes `-t` cannot fail or panic at start).
+    pub fn new(
+        server: &mut Server,
+        name: &str,
+        conf: &config::Upstream,
+    ) -> Result<Group, ConfigError> {
+        let mut backends = BTreeSet::new();
+        for (i, b) in conf
             .backends
             .iter()
-            .filter(|b| b.weight > 0)
-            .map(|b| Backend::new_with_weight(&b.addr.to_string(), b.weight as usize).unwrap())
-            .collect();
+            .enumerate()
+            .filter(|(_, b)| b.weight > 0)
+        {
+            let backend = Backend::new_with_weight(&b.addr.to_string(), b.weight as usize)
+                .map_err(|e| ConfigError {
+                    path: format!("upstreams.{name}.backends[{i}]"),
+                    message: format!("not usable as a backend: {e}"),
+                })?;
+            backends.insert(backend);
+        }
+        let check = match &conf.health_check {
+            Some(hc) => Some((health_check(name, hc)?, hc.interval)),
+            None => None,
+        };
         let balancer = match conf.selection {
-            Selection::RoundRobin => Balancer::RoundRobin(spawn(server, name, conf, &backends)),
-            Selection::Random => Balancer::Random(spawn(server, name, conf, &backends)),
-            Selection::Consistent => Balancer::Consistent(spawn(server, name, conf, &backends)),
+            Selection::RoundRobin => Balancer::RoundRobin(spawn(server, name, check, &backends)),
+            Selection::Random => Balancer::Random(spawn(server, name, check, &backends)),
+            Selection::Consistent => Balancer::Consistent(spawn(server, name, check, &backends)),
         };
         let stats = conf
             .backends
@@ -88,7 +106,7 @@ impl Group {
                 }
             })
             .collect();
-        Group {
+        Ok(Group {
             name: name.to_string(),
             balancer,
             consistent: conf.selection == Selection::Consistent,
@@ -98,7 +116,7 @@ impl Group {
             write_timeout: conf.write_timeout,
             idle_timeout: conf.idle_timeout,
             stats,
-        }
+        })
     }
 
     /// The first healthy backend for `key` that `skip` does not exclude.
@@ -154,7 +172,7 @@ impl Group {
 fn spawn<S>(
     server: &mut Server,
     name: &str,
-    conf: &config::Upstream,
+    check: Option<(Box<dyn HealthCheck + Send + Sync>, Duration)>,
     backends: &BTreeSet<Backend>,
 ) -> Arc<LoadBalancer<S>>
 where
@@ -166,11 +184,11 @@ where
     let mut lb = LoadBalancer::<S>::from_backends(Backends::new(discovery));
     // Static discovery: one update fills the selector; it never blocks or fails.
     now_or_never(lb.update()).expect("static discovery cannot fail");
-    let Some(hc) = &conf.health_check else {
+    let Some((check, interval)) = check else {
         return Arc::new(lb);
     };
-    lb.set_health_check(health_check(name, hc));
-    lb.health_check_frequency = Some(hc.interval);
+    lb.set_health_check(check);
+    lb.health_check_frequency = Some(interval);
     lb.parallel_health_check = true;
     let service = background_service(&format!("health checks for {name}"), lb);
     let lb = service.task();
@@ -188,9 +206,19 @@ fn now_or_never<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
-fn health_check(upstream: &str, hc: &config::HealthCheck) -> Box<dyn HealthCheck + Send + Sync> {
+/// The configured check. Pingora's `HttpHealthCheck::new` unwraps the Host header and the
+/// request target is parsed here: both are checked first, so a bad value is an error naming the
+/// key instead of a panic at start.
+fn health_check(
+    upstream: &str,
+    hc: &config::HealthCheck,
+) -> Result<Box<dyn HealthCheck + Send + Sync>, ConfigError> {
+    let at = |key: &str, message: String| ConfigError {
+        path: format!("upstreams.{upstream}.health_check.{key}"),
+        message,
+    };
     let observer = Box::new(HealthGauge(upstream.to_string()));
-    match hc.kind {
+    Ok(match hc.kind {
         CheckKind::Tcp => {
             let mut c = TcpHealthCheck::new();
             c.consecutive_failure = hc.failures;
@@ -200,15 +228,31 @@ fn health_check(upstream: &str, hc: &config::HealthCheck) -> Box<dyn HealthCheck
             c
         }
         CheckKind::Http => {
+            if http::HeaderValue::from_str(&hc.host).is_err()
+                || !crate::authority::valid(hc.host.as_bytes())
+                || hc.host.is_empty()
+            {
+                return Err(at(
+                    "host",
+                    format!("{:?} is not a host[:port] for the Host header", hc.host),
+                ));
+            }
+            let path = hc.path.as_str();
+            let uri: http::Uri = match path.parse() {
+                Ok(u) if path.starts_with('/') => u,
+                _ => {
+                    return Err(at(
+                        "path",
+                        format!("{path:?} is not a request path (percent-encode spaces and other reserved bytes)"),
+                    ))
+                }
+            };
             let mut c = HttpHealthCheck::new(&hc.host, false);
             c.consecutive_failure = hc.failures;
             c.consecutive_success = hc.successes;
             c.peer_template.options.connection_timeout = Some(hc.timeout);
             c.peer_template.options.read_timeout = Some(hc.timeout);
-            // Validation parsed it already; a failure here would be a bug, not a bad config.
-            if let Ok(uri) = hc.path.parse() {
-                c.req.set_uri(uri);
-            }
+            c.req.set_uri(uri);
             c.validator = Some(Box::new(|resp| {
                 if resp.status.is_success() {
                     Ok(())
@@ -222,7 +266,7 @@ fn health_check(upstream: &str, hc: &config::HealthCheck) -> Box<dyn HealthCheck
             c.health_changed_callback = Some(observer);
             Box::new(c)
         }
-    }
+    })
 }
 
 struct HealthGauge(String);

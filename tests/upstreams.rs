@@ -124,12 +124,20 @@ async fn a_killed_backend_causes_no_client_error() {
         let r = shellac.get(&format!("/{i}")).await;
         assert_eq!((r.status, r.text().as_str()), (200, "a"), "request {i}");
     }
-    let ok = shellac
-        .metric(
-            "shellac_upstream_requests_total",
-            &[("upstream", "app"), ("status_class", "2xx")],
-        )
-        .await;
+    // The logging hook counts a request just after its response is written: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ok = loop {
+        let ok = shellac
+            .metric(
+                "shellac_upstream_requests_total",
+                &[("upstream", "app"), ("status_class", "2xx")],
+            )
+            .await;
+        if ok >= 51.0 || Instant::now() > deadline {
+            break ok;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(ok >= 51.0, "{ok}");
     let b_addr = b.addr.to_string();
     let errors = shellac

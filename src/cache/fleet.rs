@@ -162,12 +162,14 @@ impl Fleet {
         if !self.leases.lock().remove(&k128(key)) {
             return;
         }
-        let l2 = self.l2;
+        let (l2, node) = (self.l2, self.node);
         let combined = key.combined();
         let pass_for = pass.then_some(self.lock_timeout);
         tokio::spawn(async move {
-            if let Err(e) = l2.release_lease(&combined, pass_for).await {
-                log::debug!("releasing lease {combined}: {e}");
+            match l2.release_lease(&combined, node, pass_for).await {
+                Ok(true) => {}
+                Ok(false) => log::debug!("lease {combined} was no longer this node's"),
+                Err(e) => log::debug!("releasing lease {combined}: {e}"),
             }
         });
     }

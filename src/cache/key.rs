@@ -1,9 +1,9 @@
-//! The cache key: scheme, normalized host and the path and query exactly as received.
+//! The cache key: scheme, normalized host and the path and query of the request target.
 //!
-//! Host normalization (documented in docs/caching.md): lower case, a trailing dot dropped, the
-//! default port (80) dropped. The path is never decoded or rewritten, so the key path is
-//! byte-identical to the path forwarded to the origin, and two spellings an origin might treat
-//! as one (`%2F` vs `/`) stay two entries rather than one entry some other URL can poison.
+//! Host normalization ([`crate::authority`]): lower case, a trailing dot dropped, the default
+//! port (80) dropped. The path was put in normal form by [`crate::path`] before routing, so the
+//! key path is byte-identical to the path routed and forwarded to the origin; nothing here
+//! decodes again (`%2F` never reaches this point: it is a 400).
 
 use crate::authority::Authority;
 use pingora::cache::CacheKey;

@@ -1,8 +1,10 @@
 //! HTTP caching: what the proxy hooks call. Policy lives in [`policy`] (pure RFC 9111 rules),
-//! keys in [`key`], `Cache-Status` in [`status`], purge and §4.4 invalidation in [`purge`],
+//! keys in [`key`], `Cache-Status` in [`status`] (gathered by [`respond`]), purge and §4.4
+//! invalidation in [`purge`], fills in [`fill`],
 //! the two tiers in [`tiered`] (with [`fleet`] coordinating nodes); this module wires them to
 //! Pingora's cache state machine.
 
+mod decide;
 pub mod fill;
 pub mod fleet;
 pub mod invalidation;
@@ -12,6 +14,7 @@ pub mod memory;
 pub mod policy;
 mod promote;
 pub mod purge;
+mod respond;
 pub mod resume;
 pub mod status;
 pub mod stored;
@@ -28,13 +31,12 @@ use memory::MemoryStore;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
-use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
+use pingora::cache::{CacheMeta, CacheOptionOverrides, CachePhase};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
-use policy::stale::{self as stale_policy, StaleReason};
-use policy::{Heuristic, Refusal, StaleDefaults, Timing};
-use status::{Facts, Served};
+use policy::stale::StaleReason;
+use policy::{Heuristic, Refusal, StaleDefaults};
 use std::time::{Duration, SystemTime};
 use tiered::Tiered;
 
@@ -211,6 +213,7 @@ impl Cache {
 
     /// `proxy_upstream_filter`: record what the cache knew before going to the origin, and
     /// answer `only-if-cached` misses with 504 (§5.2.1.7). `Ok(false)` = do not go upstream.
+    /// The directive is for caches: a route that does not cache is not one, and ignores it.
     pub async fn before_upstream(&self, session: &mut Session, cx: &mut CacheCtx) -> Result<bool> {
         cx.had_stale = matches!(session.cache.phase(), CachePhase::Stale);
         // A background stale-while-revalidate refresh: once per object per fleet, not per node.
@@ -221,7 +224,7 @@ impl Cache {
                 }
             }
         }
-        if policy::only_if_cached(session.req_header()) {
+        if cx.enabled && policy::only_if_cached(session.req_header()) {
             let mut resp = ResponseHeader::build(504, Some(3))?;
             resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
             resp.insert_header("cache-status", "shellac; fwd=miss; detail=only-if-cached")?;
@@ -250,198 +253,22 @@ impl Cache {
         self.storage.l2
     }
 
-    /// `logging`: a request that went to the origin and stored nothing ends this node's fleet
-    /// lease for the object, so other nodes stop waiting for a fill that will not come.
+    /// `logging`: a request that went to the origin (or tried to: every backend may have
+    /// refused) and stored nothing ends this node's fleet lease for the object, so other nodes
+    /// stop waiting for a fill that will not come. Storable but not stored counts: Pingora
+    /// disables the cache for a Content-Length over `max_object` after `decide`.
     pub fn done(&self, session: &Session, cx: &CacheCtx, went_upstream: bool) {
         // Only a request that fetched can end a fetch; local hits and waiters must not.
-        if cx.enabled && went_upstream && !cx.stored {
+        if cx.enabled && went_upstream && !(cx.stored && session.cache.enabled()) {
             if let Some(key) = session.cache.maybe_cache_key() {
                 self.storage.release(key, true);
             }
         }
     }
 
-    /// `response_cache_filter`: the RFC 9111 decision for this response.
-    pub fn decide(
-        &self,
-        session: &Session,
-        resp: &ResponseHeader,
-        cx: &mut CacheCtx,
-    ) -> RespCacheable {
-        let now = SystemTime::now();
-        let t = Timing {
-            request_sent: cx.request_sent.unwrap_or(now),
-            response_received: now,
-        };
-        let merged;
-        let resp = match cx.revalidation.take() {
-            Some(r304) => {
-                merged = policy::revalidate::merge_304(resp, &r304);
-                &merged
-            }
-            None => resp,
-        };
-        let (req, h, o) = (session.req_header(), self.heuristic, cx.overrides);
-        match policy::storable_with(req, resp, t, h, cx.rule.stale, &self.targeted, o) {
-            Ok(mut meta) => {
-                tags::store(meta.response_header_mut(), &self.tags.header);
-                cx.stored = true;
-                RespCacheable::Cacheable(meta)
-            }
-            Err(reason) => {
-                cx.refusal = Some(reason);
-                metrics::CACHE_NOT_STORED
-                    .with_label_values(&[reason.label()])
-                    .inc();
-                if let Some(key) = session.cache.maybe_cache_key() {
-                    // Other nodes waiting for this fill would wait in vain.
-                    self.storage.release(key, true);
-                }
-                RespCacheable::Uncacheable(NoCacheReason::Custom(reason.label()))
-            }
-        }
-    }
-
-    /// `cache_hit_filter`: purge markers (tag, host, prefix, all), then the client's own
-    /// freshness demands (§5.2.1).
-    pub async fn on_hit(
-        &self,
-        session: &Session,
-        meta: &CacheMeta,
-        hit: &pingora::cache::HitHandler,
-        cx: &mut CacheCtx,
-    ) -> Option<pingora::cache::ForcedFreshness> {
-        cx.tier = Some(self.storage.tier_of(hit));
-        let marked = self.inv.on_hit(session.req_header(), meta).await;
-        // With `honor`, a request that waited on another's revalidation (the cache lock) is
-        // answered by its result: forcing again would send each waiter to the origin in turn.
-        let honor = cx.rule.client_cache_control == config::ClientCacheControl::Honor
-            && session.cache.lock_duration().is_none();
-        let forced = policy::on_hit(
-            session.req_header(),
-            meta,
-            SystemTime::now(),
-            honor,
-            &self.targeted,
-        );
-        cx.forced = matches!(forced, Some(pingora::cache::ForcedFreshness::ForceExpired));
-        match marked {
-            Some(pingora::cache::ForcedFreshness::ForceMiss) => marked,
-            _ => forced.or(marked),
-        }
-    }
-
     /// What `POST /purge` on the admin listener acts on.
     pub fn purge_handle(&self) -> (&'static Tiered, &'static invalidation::Invalidator) {
         (self.storage, self.inv)
-    }
-
-    /// `response_filter`: `Age` on responses served from storage, `Cache-Status` on every
-    /// response of a caching route, and the lookup metric (by result and answering tier).
-    pub fn respond(
-        &self,
-        session: &Session,
-        resp: &mut ResponseHeader,
-        cx: &mut CacheCtx,
-        upstream_status: u16,
-    ) -> Result<&'static str> {
-        if !self.forward_targeted {
-            // RFC 9213 fields speak to caches; this one has read them.
-            for name in &self.targeted {
-                resp.remove_header(name);
-            }
-        }
-        tags::deliver(resp, &self.tags.header, self.tags.expose);
-        if !cx.enabled {
-            let (value, lookup) = status::uncached(cx.rule.enabled);
-            resp.insert_header("cache-status", value)?;
-            let Some(lookup) = lookup else { return Ok("-") };
-            metrics::CACHE_LOOKUPS
-                .with_label_values(&[lookup.label(), "none"])
-                .inc();
-            return Ok(lookup.label());
-        }
-        let phase = session.cache.phase();
-        let served = match phase {
-            CachePhase::Hit => Served::Hit {
-                coalesced: session.cache.lock_duration().is_some(),
-            },
-            CachePhase::StaleUpdating => Served::StaleWhileRevalidate,
-            CachePhase::Stale => {
-                Served::StaleOnError(cx.stale_reason.unwrap_or(StaleReason::IfError))
-            }
-            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Served::Revalidated,
-            _ => Served::Origin {
-                bypass: matches!(phase, CachePhase::Bypass),
-            },
-        };
-        let mut ttl = 0;
-        if !matches!(served, Served::Origin { .. }) {
-            cx.from_cache = true;
-            let now = SystemTime::now();
-            let meta = session.cache.cache_meta();
-            resp.insert_header(http::header::AGE, policy::current_age(meta, now).as_secs())?;
-            ttl = policy::ttl_secs(meta, now);
-        }
-        let facts = Facts {
-            served,
-            ttl,
-            upstream_status,
-            forced: cx.forced,
-            had_stale: cx.had_stale,
-            stored: cx.stored && (matches!(served, Served::Revalidated) || session.cache.enabled()),
-            refusal: cx.refusal,
-            disabled: match phase {
-                CachePhase::Disabled(r) => Some(reason_label(r)),
-                _ => None,
-            },
-        };
-        let (value, lookup) = status::cache_status(&facts);
-        // Misses and passes were answered by no tier.
-        let tier = cx.tier.filter(|_| cx.from_cache).unwrap_or("none");
-        metrics::CACHE_LOOKUPS
-            .with_label_values(&[lookup.label(), tier])
-            .inc();
-        resp.insert_header("cache-status", value)?;
-        Ok(lookup.label())
-    }
-
-    /// `should_serve_stale`: whether a stored stale copy may answer for this failure (§4.2.4,
-    /// RFC 5861); `by_rules` are the windows rules give the stored response. Without an error (stale-while-revalidate) the stored window decides alone.
-    pub fn may_serve_stale(
-        &self,
-        session: &Session,
-        cx: &mut CacheCtx,
-        error: Option<&pingora::Error>,
-        by_rules: Option<StaleDefaults>,
-    ) -> bool {
-        let Some(error) = error else { return true };
-        let Some(meta) = session.cache.maybe_cache_meta() else {
-            return false;
-        };
-        let stale_for = SystemTime::now()
-            .duration_since(meta.fresh_until())
-            .map_or(0, |d| d.as_secs());
-        let cc = policy::targeted::response_cc(meta.response_header(), &self.targeted);
-        // A rule's stale windows stand in for the route's, as when the copy was stored.
-        let defaults = by_rules.map_or(cx.rule.stale, |r| StaleDefaults {
-            on_disconnect: cx.rule.stale.on_disconnect,
-            ..r
-        });
-        let (_, origin_if_error) = stale_policy::origin_windows(cc.as_ref(), defaults);
-        cx.stale_reason = stale_policy::may_serve_stale(
-            stale_policy::classify(error),
-            stale_for,
-            origin_if_error,
-            cx.rule.stale.on_disconnect,
-        );
-        cx.stale_reason.is_some()
-    }
-
-    /// `cache_not_modified_filter`: whether the stored response answers the client's
-    /// conditional request with 304.
-    pub fn not_modified(&self, req: &RequestHeader, resp: &ResponseHeader) -> bool {
-        policy::conditional::not_modified(req, resp)
     }
 
     /// `request_filter` for the `PURGE` method, from the real `client`.
@@ -451,18 +278,6 @@ impl Cache {
         client: Option<std::net::IpAddr>,
     ) -> Result<()> {
         self.purger.purge(session, client).await
-    }
-}
-
-/// Pingora's reasons for not caching, in the words `Cache-Status` uses.
-fn reason_label(r: NoCacheReason) -> &'static str {
-    match r {
-        NoCacheReason::Custom(s) => s,
-        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => "too-large",
-        NoCacheReason::CacheLockTimeout => "lock-timeout",
-        NoCacheReason::StorageError => "storage-error",
-        NoCacheReason::OriginNotCache => "origin-not-cacheable",
-        _ => "not-stored",
     }
 }
 

@@ -129,12 +129,24 @@ pub fn storable_with(
             Refusal::Stale
         });
     }
+    // The copy dates from when its request left, not when its answer arrived: a purge in
+    // between must retire it (purge markers compare against `created`). §4.2.3's resident
+    // time still counts from the response: the stored Age is the initial age less the
+    // response delay, which the time since `created` adds back.
+    let response_delay = t
+        .response_received
+        .duration_since(t.request_sent)
+        .unwrap_or(Duration::ZERO);
     Ok(CacheMeta::new(
         fresh_until,
-        t.response_received,
+        t.request_sent.min(t.response_received),
         swr,
         sie,
-        stored_header(resp, cc.as_ref(), initial_age),
+        stored_header(
+            resp,
+            cc.as_ref(),
+            initial_age.saturating_sub(response_delay),
+        ),
     ))
 }
 

@@ -195,7 +195,13 @@ impl Storage for Tiered {
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let l1 = match self.l1 {
-            Some(l1) => Some(l1.get_miss_handler(key, meta, trace).await?),
+            Some(l1) => match l1.get_miss_handler(key, meta, trace).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.release(key, true); // no fill follows: waiters must not wait for one
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let l2 = match self.l2 {
@@ -203,6 +209,7 @@ impl Storage for Tiered {
             None => None,
         };
         if l1.is_none() && l2.is_none() {
+            self.release(key, true);
             // Pingora then passes the response through uncached, as without streaming.
             return Error::e_explain(ErrorType::InternalError, "no tier can store this object");
         }

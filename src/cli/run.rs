@@ -36,17 +36,28 @@ pub fn main(plugins: Vec<Arc<dyn Plugin>>) {
             exit(1);
         }
     };
-    if opt.test {
-        println!("shellac: {path}: configuration OK");
-        return;
-    }
-    let takeover = reloading.then(|| {
+    // `-t` builds every component exactly as start-up does and stops before binding; Pingora
+    // must not see the flag, or its bootstrap would exit before saying what it checked.
+    let test = std::mem::take(&mut opt.test);
+    let takeover = (reloading && !test).then(|| {
         reload::prepare(&mut opt, &config).unwrap_or_else(|e| {
             eprintln!("shellac reload: {e}");
             exit(1);
         })
     });
-    let server = crate::app::build_with(opt, config, plugins);
+    let mut server = match crate::app::build_with(opt, config, plugins) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shellac: {path}: {e}");
+            exit(1);
+        }
+    };
+    if test {
+        println!("shellac: {path}: configuration OK");
+        return;
+    }
+    // Takes over the listening sockets of a running instance when started with -u.
+    server.bootstrap();
     if let Some(t) = takeover {
         t.finish();
     }

@@ -117,6 +117,32 @@ impl Default for Memory {
     }
 }
 
+/// The 32-byte MAC key, derived from the key file's bytes. Its Debug never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MacKey([u8; 32]);
+
+impl MacKey {
+    /// The key file must hold at least this many bytes (of random data: `head -c 32
+    /// /dev/urandom`); anything longer is fine, it is hashed down.
+    pub const MIN_SECRET: usize = 32;
+
+    /// The key itself, for the keyed hash.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn derive(secret: &[u8]) -> Option<MacKey> {
+        (secret.len() >= Self::MIN_SECRET)
+            .then(|| MacKey(blake3::derive_key("shellac memcached item MAC v1", secret)))
+    }
+}
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacKey(..)")
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Memcached {
@@ -167,6 +193,14 @@ pub struct Memcached {
     /// fill the shared tier with markers. PURGE is not limited.
     #[serde(default = "hundred")]
     pub invalidations_per_second: u32,
+    /// A file of at least 32 secret bytes, the same on every node: every value written to
+    /// memcached is then authenticated with a keyed hash and anything else is ignored. Relative
+    /// to the config file's directory. Read when the config is loaded, so `-t` checks it.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// The MAC key derived from `key_file` by [`Config::load`](super::Config::load).
+    #[serde(skip)]
+    pub mac_key: Option<MacKey>,
 }
 
 impl Default for Memcached {
@@ -221,6 +255,31 @@ impl Cache {
 }
 
 impl Memcached {
+    /// Reads `key_file` (relative to `dir`) into `mac_key`.
+    pub(super) fn load_key(&mut self, dir: &std::path::Path) -> Result<(), ConfigError> {
+        let Some(file) = &self.key_file else {
+            return Ok(());
+        };
+        let path = dir.join(file);
+        let secret = std::fs::read(&path).or_else(|e| {
+            err(
+                "cache.memcached.key_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        self.mac_key = Some(MacKey::derive(&secret).ok_or_else(|| ConfigError {
+            path: "cache.memcached.key_file".into(),
+            message: format!(
+                "{} holds {} bytes; it needs at least {} random bytes (e.g. `head -c 32 /dev/urandom > {}`), the same file on every node",
+                path.display(),
+                secret.len(),
+                MacKey::MIN_SECRET,
+                path.display()
+            ),
+        })?);
+        Ok(())
+    }
+
     /// Every rule of the `cache.memcached` section, with the key path of the first broken one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let p = "cache.memcached";

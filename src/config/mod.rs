@@ -11,7 +11,7 @@ mod mirror;
 pub mod rules;
 pub(crate) mod values;
 
-pub use cache::{Cache, ClientCacheControl, Memcached, Memory, Tags, MAX_CHUNKS};
+pub use cache::{Cache, ClientCacheControl, MacKey, Memcached, Memory, Tags, MAX_CHUNKS};
 pub use edge::{Listener, PurgeToken};
 pub use mirror::{Compare, MirrorLimits, MirrorLog, RouteMirror};
 pub use values::{parse_duration, parse_size, Cidr};
@@ -396,13 +396,30 @@ impl Config {
     pub fn load(path: &str) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).or_else(|e| err("", format!("cannot read: {e}")))?;
-        Config::parse(&text)
+        let mut config = Config::parse(&text)?;
+        // Files the config names are read now, so `-t` fails on them as start-up would.
+        let dir = std::path::Path::new(path)
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        if let Some(m) = &mut config.cache.memcached {
+            m.load_key(dir)?;
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let mut config: Config = serde_yaml::from_str(text).or_else(|e| {
-            // serde_yaml already prefixes the key path ("upstreams.app.backends[1]: …").
-            err("", rules::with_rule_name(text, e.to_string()))
+            // serde_yaml already prefixes the key path ("upstreams.app.backends[1]: …") and says
+            // where; an error without a location is about the document as a whole.
+            let msg = e.to_string();
+            let msg = match e.location() {
+                Some(_) if msg.contains(" line ") || msg.contains("position ") => msg,
+                Some(l) => format!("line {} column {}: {msg}", l.line(), l.column()),
+                None => format!(
+                    "the top level must be a mapping of keys (listen:, upstreams:, routes:, …): {msg}"
+                ),
+            };
+            err("", rules::with_rule_name(text, msg))
         })?;
         config.validate()?;
         if let Some(path) = &config.admin.purge_token_file {

@@ -312,10 +312,41 @@ impl Shellac {
             .text()
     }
 
-    /// Sum of the samples of metric `name` whose labels include every pair in `labels`.
+    /// Sum of the samples of metric `name` whose labels include every pair in `labels`. A
+    /// series that does not exist fails the test: "present and zero" and "never registered"
+    /// (a typo, a renamed label) must not look alike. For a labelled counter that legitimately
+    /// has no series until it first counts, use [`Shellac::metric_or_zero`].
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics().await;
+        find_metric(&text, name, labels)
+            .unwrap_or_else(|| panic!("no series {name}{labels:?} in /metrics:\n{text}"))
+    }
+
+    /// As [`Shellac::metric`], with a missing series read as 0 (a labelled counter that has
+    /// not counted yet).
+    pub async fn metric_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         sum_metric(&self.metrics().await, name, labels)
     }
+}
+
+/// The sum of the matching samples, or `None` when no sample matches.
+pub fn find_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let set = rest.trim_end_matches('}');
+        let ok = n == name
+            && labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        if let (true, Ok(v)) = (ok, value.parse::<f64>()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
 
 pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -4,6 +4,7 @@
 //! several nodes never lose one another: a purge costs 2 operations per name, whatever the
 //! number of objects it retires.
 
+use crate::cache::memcached::seal::Kind;
 use crate::cache::memcached::MemcachedStorage;
 use memcache::exp::{Meta, MutationStatus, Ttl};
 use pingora::cache::key::hash_key;
@@ -27,7 +28,18 @@ pub async fn read(l2: &MemcachedStorage, name: &str) -> Result<Option<(Vec<u8>, 
         .map_err(|e| e.to_string())?;
     let hit = r.hit();
     let cas = r.item.cas.unwrap_or(0);
-    Ok(r.value.filter(|_| hit).map(|v| (v, cas)))
+    let Some(v) = r.value.filter(|_| hit) else {
+        return Ok(None);
+    };
+    match l2.open_value(Kind::Invalidation, &key, v) {
+        Some(v) => Ok(Some((v, cas))),
+        None => {
+            // A forged marker could retire anything at will: it goes, and reads as none (so
+            // the next purge can `add` a real one).
+            let _ = l2.delete_item(&key, Some(cas)).await;
+            Ok(None)
+        }
+    }
 }
 
 /// Replaces the item for `name` with `merge(current)`, atomically against other writers.
@@ -49,8 +61,9 @@ pub async fn update(
                 .map_err(|e| e.to_string())?,
             None => {
                 let client = l2.client().await.map_err(|e| e.to_string())?;
+                let sealed = l2.seal_value(&key, value.clone());
                 let fut = client
-                    .set(&key, &value[..])
+                    .set(&key, &sealed[..])
                     .ttl(Ttl::secs(ttl))
                     .add()
                     .send();

@@ -8,6 +8,7 @@
 //! TTL, so a node that dies mid-fetch delays the others by at most the lease time.
 
 use super::io::McError;
+use super::seal::Kind;
 use super::MemcachedStorage;
 use memcache::exp::{Meta, MutationStatus, Ttl};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,44 +46,73 @@ impl MemcachedStorage {
     ) -> Result<bool, McError> {
         let key = self.lease_key(combined);
         let client = self.client().await?;
-        let value = node.to_be_bytes();
+        let value = self.seal.seal(&key, node.to_be_bytes().to_vec());
         let fut = client.set(&key, value).ttl(ttl_of(ttl)).add().send();
         let r = self.exchange("lease", &[&key], fut, |_| vec![]).await?;
         Ok(r.status == MutationStatus::Applied)
     }
 
-    pub(crate) async fn lease_state(&self, combined: &str) -> Result<Lease, McError> {
-        let key = self.lease_key(combined);
+    /// The lease's value and CAS; `None` when there is none. A value that fails authentication
+    /// is deleted and reads as none: a planted lease must not stall every node's misses.
+    async fn read_lease(&'static self, key: &str) -> Result<Option<(Vec<u8>, u64)>, McError> {
         let client = self.client().await?;
-        let fut = client.get(&key).send();
-        let r = self.exchange("lease", &[&key], fut, |_| vec![]).await?;
-        Ok(match r.value {
-            Some(v) if r.hit() && v == PASS => Lease::Pass,
-            Some(_) if r.hit() => Lease::Busy,
-            _ => Lease::Free,
+        let fut = client.get(key).meta(Meta::NONE.cas()).send();
+        let r = self.exchange("lease", &[key], fut, |_| vec![]).await?;
+        let (hit, cas) = (r.hit(), r.item.cas);
+        let Some(v) = r.value.filter(|_| hit) else {
+            return Ok(None);
+        };
+        match self.seal.open(Kind::Lease, key, v) {
+            Ok(v) => Ok(Some((v, cas.unwrap_or(0)))),
+            Err(_) => {
+                self.delete_later(key.to_string(), cas);
+                Ok(None)
+            }
+        }
+    }
+
+    pub(crate) async fn lease_state(&'static self, combined: &str) -> Result<Lease, McError> {
+        Ok(match self.read_lease(&self.lease_key(combined)).await? {
+            Some((v, _)) if v == PASS => Lease::Pass,
+            Some(_) => Lease::Busy,
+            None => Lease::Free,
         })
     }
 
-    /// Ends this node's lease: deleted after a fill (waiters then find the entry), or turned
-    /// into [`PASS`] for `pass_for` so waiters go to the origin instead of timing out.
+    /// Ends `node`'s lease: deleted after a fill (waiters then find the entry), or turned into
+    /// [`PASS`] for `pass_for` so waiters go to the origin instead of timing out. Only a lease
+    /// that still holds `node`'s id is touched, and only in the state it was read in (CAS): a
+    /// lease that lapsed and was won by another node meanwhile is that node's to end.
     pub(crate) async fn release_lease(
-        &self,
+        &'static self,
         combined: &str,
+        node: u64,
         pass_for: Option<Duration>,
-    ) -> Result<(), McError> {
+    ) -> Result<bool, McError> {
         let key = self.lease_key(combined);
+        let Some((value, cas)) = self.read_lease(&key).await? else {
+            return Ok(false);
+        };
+        if value != node.to_be_bytes() {
+            return Ok(false);
+        }
         let client = self.client().await?;
-        match pass_for {
+        let r = match pass_for {
             Some(ttl) => {
-                let fut = client.set(&key, PASS).ttl(ttl_of(ttl)).send();
-                self.exchange("lease", &[&key], fut, |_| vec![]).await?;
+                let pass = self.seal.seal(&key, PASS.to_vec());
+                let fut = client
+                    .set(&key, pass)
+                    .ttl(ttl_of(ttl))
+                    .compare_cas(cas)
+                    .send();
+                self.exchange("lease", &[&key], fut, |_| vec![]).await?
             }
             None => {
-                let fut = client.delete(&key).send();
-                self.exchange("lease", &[&key], fut, |_| vec![]).await?;
+                let fut = client.delete(&key).compare_cas(cas).send();
+                self.exchange("lease", &[&key], fut, |_| vec![]).await?
             }
-        }
-        Ok(())
+        };
+        Ok(r.status == MutationStatus::Applied)
     }
 
     /// Records that everything stored for `primary` before `at` is gone. Kept for the longest
@@ -104,15 +134,23 @@ impl MemcachedStorage {
     }
 
     /// When `primary` was last purged, if ever (within the marker's lifetime).
-    pub(crate) async fn purge_marker(&self, primary: &str) -> Result<Option<SystemTime>, McError> {
+    pub(crate) async fn purge_marker(
+        &'static self,
+        primary: &str,
+    ) -> Result<Option<SystemTime>, McError> {
         let key = self.marker_key(primary);
         let client = self.client().await?;
-        let fut = client.get(&key).meta(Meta::NONE).send();
+        let fut = client.get(&key).meta(Meta::NONE.cas()).send();
         let r = self
             .exchange("purge_marker", &[&key], fut, |_| vec![])
             .await?;
-        let hit = r.hit();
+        let (hit, cas) = (r.hit(), r.item.cas);
         let Some(v) = r.value.filter(|_| hit) else {
+            return Ok(None);
+        };
+        // A forged marker could retire every entry of a URL at will: it counts as none.
+        let Ok(v) = self.seal.open(Kind::PurgeMarker, &key, v) else {
+            self.delete_later(key, cas);
             return Ok(None);
         };
         let millis = std::str::from_utf8(&v)

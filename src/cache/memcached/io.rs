@@ -3,6 +3,7 @@
 
 use super::breaker::{self, StableRendezvous};
 use super::entry::{self, Body, Head};
+use super::seal::Kind;
 use super::MemcachedStorage;
 use crate::metrics;
 use bytes::Bytes;
@@ -88,7 +89,8 @@ impl MemcachedStorage {
             .connect_multiple_async(self.settings.servers.iter().copied())
             .await
             .map_err(|e| format!("memcached: {e}"))?;
-        let value = vec![0x5a; self.settings.chunk_size + entry::CHUNK_HEADER_LEN];
+        let value =
+            vec![0x5a; self.settings.chunk_size + entry::CHUNK_HEADER_LEN + self.seal.overhead()];
         let mut covered = vec![false; self.ids.len()];
         // Rendezvous decides where a key goes, so try names until each server got one.
         for n in 0..10_000u32 {
@@ -241,7 +243,7 @@ impl MemcachedStorage {
     /// The decoded head and its CAS; `Ok(None)` when absent or undecodable (logged, counted as
     /// corrupt when it exists but does not decode).
     pub(super) async fn read_head(
-        &self,
+        &'static self,
         hex: &str,
     ) -> std::result::Result<Option<(Head, u64)>, McError> {
         let key = self.head_key(hex);
@@ -253,14 +255,24 @@ impl MemcachedStorage {
             Some(v) if r.hit() && !v.is_empty() => v,
             _ => return Ok(None),
         };
+        let cas = r.item.cas.unwrap_or(0);
         metrics::MEMCACHED_READ_BYTES.inc_by(value.len() as u64);
+        let Ok(value) = self.seal.open(Kind::Head, &key, value) else {
+            self.delete_later(key, Some(cas));
+            return Err(McError::Corrupt(entry::DecodeError(
+                "failed authentication",
+            )));
+        };
+        // The work one head can make a reader do is what this node would ever store.
+        let max_chunks = self.settings.max_object.div_ceil(self.settings.chunk_size);
         match entry::decode_head(Bytes::from(value)) {
-            Ok(head) if head.body_len <= self.settings.max_object => {
-                Ok(Some((head, r.item.cas.unwrap_or(0))))
-            }
-            Ok(_) => Err(McError::Corrupt(entry::DecodeError(
-                "body larger than max_object",
-            ))),
+            Ok(head) if head.body_len > self.settings.max_object => Err(McError::Corrupt(
+                entry::DecodeError("body larger than max_object"),
+            )),
+            Ok(head) if head.n_chunks() as usize > max_chunks => Err(McError::Corrupt(
+                entry::DecodeError("more chunks than max_object / chunk_size"),
+            )),
+            Ok(head) => Ok(Some((head, cas))),
             Err(e) => Err(McError::Corrupt(e)),
         }
     }
@@ -306,8 +318,9 @@ impl MemcachedStorage {
             if !r.hit() {
                 return Err(McError::Missing);
             }
-            let want =
-                entry::CHUNK_HEADER_LEN + entry::chunk_len(head.body_len, chunk_size, i as u32);
+            let want = entry::CHUNK_HEADER_LEN
+                + entry::chunk_len(head.body_len, chunk_size, i as u32)
+                + self.seal.overhead();
             if r.item.size != Some(want as u64) {
                 return Err(McError::Corrupt(entry::DecodeError("chunk size mismatch")));
             }
@@ -339,6 +352,12 @@ impl MemcachedStorage {
             _ => return Err(McError::Missing),
         };
         metrics::MEMCACHED_READ_BYTES.inc_by(value.len() as u64);
+        let Ok(value) = self.seal.open(Kind::Chunk, &key, value) else {
+            self.delete_later(key, None);
+            return Err(McError::Corrupt(entry::DecodeError(
+                "failed authentication",
+            )));
+        };
         entry::decode_chunk(Bytes::from(value), write_id, index, expected_len)
             .map_err(McError::Corrupt)
     }
@@ -352,6 +371,13 @@ impl MemcachedStorage {
         cas: Option<u64>,
     ) -> std::result::Result<MutationStatus, McError> {
         let client = self.client().await?;
+        let sealed;
+        let value = if self.seal.is_keyed() {
+            sealed = self.seal.seal(key, value.to_vec());
+            &sealed[..]
+        } else {
+            value
+        };
         let mut req = client.set(key, value).ttl(Ttl::secs(ttl.max(1)));
         if let Some(cas) = cas {
             req = req.compare_cas(cas);
@@ -363,7 +389,7 @@ impl MemcachedStorage {
         Ok(r.status)
     }
 
-    pub(super) async fn delete_item(
+    pub(crate) async fn delete_item(
         &self,
         key: &str,
         cas: Option<u64>,
@@ -382,10 +408,15 @@ impl MemcachedStorage {
     /// Deletes the head only if it is still the write we read (`cas`), so a newer fill
     /// committed meanwhile survives. Best effort, in the background.
     pub(super) fn drop_head_later(&'static self, hex: &str, cas: u64) {
-        let key = self.head_key(hex);
+        self.delete_later(self.head_key(hex), Some(cas));
+    }
+
+    /// Deletes item `key` (only if unchanged since read, with `cas`) in the background: for
+    /// items found broken or forged, which must not cost the next reader again.
+    pub(super) fn delete_later(&'static self, key: String, cas: Option<u64>) {
         tokio::spawn(async move {
-            if let Err(e) = self.delete_item(&key, Some(cas)).await {
-                log::debug!("memcached: deleting broken head {key}: {e}");
+            if let Err(e) = self.delete_item(&key, cas).await {
+                log::debug!("memcached: deleting broken item {key}: {e}");
             }
         });
     }

@@ -18,6 +18,7 @@ pub mod fleet;
 mod hit;
 mod io;
 mod miss;
+pub mod seal;
 mod stream;
 
 /// The shared tier's settings are the config section itself: one definition, one set of defaults.
@@ -51,6 +52,8 @@ pub struct MemcachedStorage {
     ids: Vec<String>,
     client: OnceCell<AsyncMetaClient>,
     breakers: std::sync::Arc<Breakers>,
+    /// Authenticates every value written and read (a no-op without `key_file`).
+    seal: seal::Sealer,
 }
 
 impl MemcachedStorage {
@@ -69,6 +72,7 @@ impl MemcachedStorage {
                 settings.breaker_open_for,
             )),
             ids,
+            seal: seal::Sealer::new(settings.mac_key.clone()),
             settings,
             client: OnceCell::new(),
         }
@@ -76,6 +80,28 @@ impl MemcachedStorage {
 
     pub fn settings(&self) -> &MemcachedSettings {
         &self.settings
+    }
+
+    /// Whether values are authenticated (`key_file` set).
+    pub fn is_keyed(&self) -> bool {
+        self.seal.is_keyed()
+    }
+
+    /// `value` as written to item `key`: with its MAC when keyed. For items other modules
+    /// write through the client themselves; [`Self::set_item`] seals on its own.
+    pub(crate) fn seal_value(&self, key: &str, value: Vec<u8>) -> Vec<u8> {
+        self.seal.seal(key, value)
+    }
+
+    /// The plain value read from item `key`, or `None` when it fails authentication (counted
+    /// and logged; the caller deletes it).
+    pub(crate) fn open_value(
+        &self,
+        kind: seal::Kind,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        self.seal.open(kind, key, value).ok()
     }
 
     /// The breaker state of each server, for health reporting.
@@ -191,18 +217,29 @@ impl Storage for MemcachedStorage {
                 return Ok(None);
             }
         };
-        // Vary variants are not deleted by a purge (their keys cannot be listed); the URL's
-        // purge marker retires every variant stored before it.
-        if meta.variance().is_some() {
-            if let Ok(Some(purged)) = self.purge_marker(&key.primary()).await {
-                if purged >= meta.created() {
-                    count_lookup("miss");
-                    self.drop_head_later(&hex, cas);
-                    return Ok(None);
-                }
+        // Every head is checked against its URL's purge marker, which retires every copy
+        // created before it: Vary variants (a purge cannot list their keys) and fills that were
+        // in flight during the purge. Unknown (memcached could not say) serves the copy, as the
+        // memory tier does. The marker and the chunk check go out together: two round trips.
+        let primary = key.primary();
+        let (purged, chunks) = tokio::join!(
+            self.purge_marker(&primary),
+            self.check_chunks(&hex, &head, None)
+        );
+        if let Ok(Some(purged)) = purged {
+            // A plain copy that was already stale at the purge (a soft purge expires it in
+            // place) stays, to be revalidated: it can no longer be served as fresh. Variants
+            // were never expired (they cannot be listed), so the marker retires them. The
+            // second of slack: stored times are whole seconds.
+            let stale_at_purge = meta.fresh_until() <= purged + std::time::Duration::from_secs(1);
+            let retired = meta.variance().is_some() || !stale_at_purge;
+            if purged >= meta.created() && retired {
+                count_lookup("miss");
+                self.drop_head_later(&hex, cas);
+                return Ok(None);
             }
         }
-        match self.check_chunks(&hex, &head, None).await {
+        match chunks {
             Ok(()) => {}
             Err(McError::Missing) => {
                 count_lookup("incomplete");
@@ -333,6 +370,9 @@ pub struct Probe(pub &'static MemcachedStorage);
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for Probe {
     async fn start(&self, _shutdown: pingora::server::ShutdownWatch) {
+        if !self.0.is_keyed() {
+            log::warn!("memcached: no cache.memcached.key_file, so values are not authenticated: anyone who can reach these servers can serve content to every client, stall fills with leases and purge entries (see docs/shared-tier.md, Security)");
+        }
         match self.0.probe().await {
             Ok(()) => log::info!("memcached: every server answers and accepts full-size chunks"),
             Err(e) => log::error!("memcached: {e}; requests go to the origin while it fails"),
