@@ -308,6 +308,15 @@ pub static MEMCACHED_BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .unwrap()
 });
 
+pub static CACHE_BODY_RESUMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_body_resumes_total",
+        "memcached hit bodies that failed after the header was sent, by outcome: resumed (the rest came from the origin with Range + If-Range) or aborted (the connection was cut; the client saw an error, never a short complete body)",
+        &["result"]
+    )
+    .unwrap()
+});
+
 /// Make the memcached metrics exist at start-up (call when the memcached tier is configured).
 pub static MEMCACHED_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -326,6 +335,9 @@ pub fn init_memcached() {
     LazyLock::force(&MEMCACHED_EXCHANGE_DURATION);
     LazyLock::force(&MEMCACHED_BREAKER_STATE);
     LazyLock::force(&MEMCACHED_REJECTED);
+    for r in ["resumed", "aborted"] {
+        CACHE_BODY_RESUMES.with_label_values(&[r]);
+    }
 }
 
 // --- fleet ---------------------------------------------------------------------------------

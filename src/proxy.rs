@@ -149,6 +149,20 @@ fn no_backend() -> Box<Error> {
     )
 }
 
+/// Whether the client of a request whose body is complete has closed its connection. Polls the
+/// connection once, as Pingora's own body pump does (pipelined bytes are kept for later).
+async fn client_gone(session: &mut Session) -> bool {
+    if !session.is_body_done() || session.subrequest_ctx.is_some() {
+        return false;
+    }
+    let poll = session.downstream_session.read_body_or_idle(true);
+    // A zero timeout polls the read once: ready only if the client closed (or misbehaved).
+    matches!(
+        tokio::time::timeout(std::time::Duration::ZERO, poll).await,
+        Ok(Err(_))
+    )
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -288,7 +302,14 @@ impl ProxyHttp for Proxy {
         if ctx.rules.bypass() {
             return Ok(Some(ForcedFreshness::ForceMiss));
         }
-        Ok(self.cache.on_hit(session, meta, hit, &mut ctx.cache).await)
+        let forced = self.cache.on_hit(session, meta, hit, &mut ctx.cache).await;
+        // A memcached body that fails after the header continues from the origin, or is aborted.
+        let group = self.group(ctx);
+        let req = session.req_header();
+        crate::cache::resume::guard(&ctx.cache, hit, req, meta, || {
+            group.select_for(req, |_| false).map(|b| group.peer(&b))
+        });
+        Ok(forced)
     }
 
     fn cache_not_modified_filter(
@@ -301,6 +322,14 @@ impl ProxyHttp for Proxy {
     }
 
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if session.cache.lock_duration().is_some() && client_gone(session).await {
+            // A waiter elected writer after a failed fill, for a client that left: nobody to
+            // fetch for. The next request with a client fetches instead.
+            return Error::e_explain(
+                ErrorType::ConnectionClosed,
+                "the client left while waiting for a fill; not fetching for nobody",
+            );
+        }
         self.cache.before_upstream(session, &mut ctx.cache).await
     }
 
@@ -380,6 +409,9 @@ impl ProxyHttp for Proxy {
             );
         }
         forward::upstream_response(resp);
+        if ctx.cache.enabled {
+            crate::cache::fill::measure_in_tiers(session, resp);
+        }
         ctx.cache.overrides = self
             .rules
             .origin_response(session, resp, ctx.route, &mut ctx.rules);

@@ -5,7 +5,7 @@
 //! Pingora's cache state machine.
 
 mod decide;
-mod fill;
+pub mod fill;
 pub mod fleet;
 pub mod inspect;
 pub mod invalidation;
@@ -16,6 +16,7 @@ pub mod policy;
 mod promote;
 pub mod purge;
 mod respond;
+pub mod resume;
 pub mod status;
 pub mod stored;
 pub mod tags;

@@ -10,14 +10,16 @@
 //! - Fill: both tiers. With L1 present the L2 commit finishes in the background, so the client
 //!   never waits for memcached; with L2 alone it is awaited, so local waiters find the entry.
 //! - memcached down: every L2 step fails fast (breaker) and the node behaves as memory-only.
+//! - A fill in progress is readable while it arrives, by its writer and its waiters, and goes
+//!   on when its client leaves (streaming partial write, [`super::fill`]).
 
-use super::fill::TieredMiss;
+use super::fill::{Fills, TieredMiss};
 use super::fleet::Fleet;
 use super::memcached::MemcachedStorage;
 use super::memory::{MemoryStore, StoredMeta};
 use super::promote::Promote;
 use async_trait::async_trait;
-use pingora::cache::key::CacheKey;
+use pingora::cache::key::{CacheHashKey, CacheKey};
 use pingora::cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheMeta, Storage};
@@ -31,6 +33,8 @@ pub struct Tiered {
     /// Present with L2: the fleet shares one cache through it.
     fleet: Option<Fleet>,
     purge_check: Duration,
+    /// Fills in progress, readable while they arrive (see [`super::fill`]).
+    pub(super) fills: Fills,
 }
 
 impl Tiered {
@@ -45,6 +49,7 @@ impl Tiered {
             l2,
             fleet: l2.map(|l2| Fleet::new(l2, lock_timeout)),
             purge_check,
+            fills: Fills::default(),
         }
     }
 
@@ -70,6 +75,10 @@ impl Tiered {
         key: &CacheKey,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let fill = super::invalidation::unpurged(key, Ok(self.fills.lookup(key))).await?;
+        if let Some(found) = fill {
+            return Ok(Some(found)); // the freshest copy there is, streaming in
+        }
         let now = SystemTime::now();
         let mut stale_l1 = None;
         if let Some(l1) = self.l1 {
@@ -142,6 +151,8 @@ impl Tiered {
         mark: bool,
     ) -> std::result::Result<bool, String> {
         let compact = key.to_compact();
+        self.fills
+            .forget(u128::from_be_bytes(compact.combined_bin()));
         let mut found = self.l1.is_some_and(|l1| l1.purge_all(&compact));
         if let (Some(l2), Some(fleet)) = (self.l2, &self.fleet) {
             if mark {
@@ -199,9 +210,19 @@ impl Storage for Tiered {
         };
         if l1.is_none() && l2.is_none() {
             self.release(key, true);
+            // Pingora then passes the response through uncached, as without streaming.
             return Error::e_explain(ErrorType::InternalError, "no tier can store this object");
         }
-        Ok(Box::new(TieredMiss::new(self, key.clone(), l1, l2)))
+        TieredMiss::start(self, key, meta, l1, l2)
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        _key: &CacheKey,
+        tag: Option<&[u8]>,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        Ok(self.fills.lookup_tagged(tag))
     }
 
     async fn purge(
@@ -211,6 +232,8 @@ impl Storage for Tiered {
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let mut found = false;
+        self.fills
+            .forget(u128::from_be_bytes(target.key().combined_bin()));
         if let Some(l1) = self.l1 {
             found |= matches!(l1.purge(target, ty, trace).await?, PurgeOutcome::Purged(_));
         }
@@ -238,7 +261,7 @@ impl Storage for Tiered {
     }
 
     fn support_streaming_partial_write(&self) -> bool {
-        false
+        true // see super::fill: waiters stream, and a fill outlives its client
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {

@@ -152,6 +152,11 @@ pub struct Memcached {
     /// Each memcached exchange (connect, write, read) gives up after this.
     #[serde(default = "ms::<50>", deserialize_with = "values::duration")]
     pub timeout: Duration,
+    /// A body chunk read while a hit streams (the header is already sent) gives up after this:
+    /// a separate, longer deadline, so load does not cut a progressing stream. A chunk that
+    /// misses it is continued from the origin (or the response aborted), never cut short.
+    #[serde(default = "ms::<500>", deserialize_with = "values::duration")]
+    pub body_timeout: Duration,
     /// Body chunk size; with its 16-byte header and key it must stay under memcached's item
     /// size limit (`-I`, 1MiB by default). Checked against the servers at start-up.
     #[serde(default = "kib::<512>", deserialize_with = "values::size_usize")]

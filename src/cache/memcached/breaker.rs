@@ -6,7 +6,7 @@
 
 use crate::metrics;
 use memcache::exp::Router;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -32,23 +32,35 @@ fn mix(mut x: u64) -> u64 {
 /// The server for `key`: the highest score of FNV-1a(server identity, 0xff, key). Adding or
 /// removing a server moves only that server's keys, and list order does not matter.
 pub fn route(key: &[u8], servers: &[String]) -> usize {
-    let mut best = (0, 0u64);
+    route_where(key, servers, |_| true)
+}
+
+/// [`route`] skipping servers that are not `usable`: the first usable server in the key's
+/// rendezvous order, so a down server's keys spread over the others as if it had been removed
+/// and come back when it is usable again. With none usable, the key's own server.
+pub fn route_where(key: &[u8], servers: &[String], usable: impl Fn(usize) -> bool) -> usize {
+    let mut best: Option<(usize, u64)> = None;
+    let mut best_usable: Option<(usize, u64)> = None;
     for (i, server) in servers.iter().enumerate() {
         let h = fnv1a(fnv1a(FNV_OFFSET, server.as_bytes()), &[0xff]);
         let score = mix(fnv1a(h, key));
-        if i == 0 || score > best.1 {
-            best = (i, score);
+        if best.is_none_or(|(_, b)| score > b) {
+            best = Some((i, score));
+        }
+        if best_usable.is_none_or(|(_, b)| score > b) && usable(i) {
+            best_usable = Some((i, score));
         }
     }
-    best.0
+    best_usable.or(best).map_or(0, |(i, _)| i)
 }
 
-/// [`route`] as a memcache client router, so the client and the breaker agree on the server.
-pub struct StableRendezvous;
+/// [`route_where`] as a memcache client router, over the breakers' view of which servers are
+/// usable, so the client and the breaker agree on the server.
+pub struct StableRendezvous(pub Arc<Breakers>);
 
 impl Router for StableRendezvous {
     fn route(&self, key: &[u8], servers: &[String]) -> usize {
-        route(key, servers)
+        route_where(key, servers, |i| self.0.routable(i))
     }
 }
 
@@ -132,6 +144,24 @@ impl Breakers {
             publish(label, next);
         }
         admit
+    }
+
+    /// Whether keys should be routed to `server`: not while its breaker is open, except when a
+    /// probe is due or running (so the probe really goes to the server, and its keys come back
+    /// when it answers; while it runs, the server's other exchanges fail fast as before).
+    /// Side-effect free: [`Breakers::admit`] makes the transition. It must not change between
+    /// the breaker's decision and the client's routing, or the probe would go elsewhere.
+    pub fn routable(&self, server: usize) -> bool {
+        let Some((_, cell)) = self.servers.get(server) else {
+            return false;
+        };
+        let Ok(s) = cell.lock() else { return true };
+        let now = Instant::now();
+        match *s {
+            State::Closed { .. } => true,
+            State::Open { until } => now >= until,
+            State::HalfOpen { .. } => true,
+        }
     }
 
     pub fn success(&self, server: usize) {
@@ -228,6 +258,73 @@ mod tests {
             assert_eq!(servers[a], reversed[route(k.as_bytes(), &reversed)]);
         }
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    fn servers(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("10.0.0.{i}:11211")).collect()
+    }
+
+    fn moved(from: &[String], to: &[String]) -> usize {
+        (0..1000)
+            .filter(|i| {
+                let k = format!("shellac1:h:{i:032x}");
+                from[route(k.as_bytes(), from)] != to[route(k.as_bytes(), to)]
+            })
+            .count()
+    }
+
+    #[test]
+    fn adding_or_removing_a_server_moves_about_one_nth_of_the_keys() {
+        let (three, four) = (servers(3), servers(4));
+        let grow = moved(&three, &four);
+        assert!(grow <= 300, "3 -> 4 moved {grow} of 1000 keys");
+        assert!(grow >= 150, "the new server takes its share: {grow}");
+        let shrink = moved(&four, &three);
+        assert!(shrink <= 300, "4 -> 3 moved {shrink} of 1000 keys");
+        // Removing the second server instead of the last moves only its own keys too.
+        let mut others = four.clone();
+        others.remove(1);
+        let only_its_own = (0..1000).all(|i| {
+            let k = format!("shellac1:h:{i:032x}");
+            let before = &four[route(k.as_bytes(), &four)];
+            before == &four[1] || before == &others[route(k.as_bytes(), &others)]
+        });
+        assert!(only_its_own);
+    }
+
+    #[test]
+    fn a_down_servers_keys_go_to_the_next_server_and_come_back() {
+        let list = servers(3);
+        let mut without_1 = list.clone();
+        without_1.remove(1);
+        for i in 0..1000 {
+            let k = format!("shellac1:h:{i:032x}");
+            let home = route(k.as_bytes(), &list);
+            let failover = route_where(k.as_bytes(), &list, |s| s != 1);
+            // Exactly where the key would live if server 1 had been removed.
+            assert_eq!(list[failover], without_1[route(k.as_bytes(), &without_1)]);
+            if home != 1 {
+                assert_eq!(failover, home, "other servers' keys stay put");
+            }
+            assert_eq!(route_where(k.as_bytes(), &list, |_| false), home);
+        }
+        // Through the breaker: open routes away, a due probe routes back, closed stays.
+        let b = Breakers::new(&list, 1, Duration::from_millis(40));
+        let key = (0..)
+            .map(|i| format!("shellac1:h:{i:032x}"))
+            .find(|k| route(k.as_bytes(), &list) == 1)
+            .unwrap();
+        let live = |b: &Breakers| route_where(key.as_bytes(), &list, |s| b.routable(s));
+        assert_eq!(live(&b), 1);
+        b.failure(1);
+        assert_ne!(live(&b), 1, "open: routed to the next server");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(live(&b), 1, "probe due: the server is tried again");
+        assert!(b.admit(1));
+        assert_eq!(live(&b), 1, "the probe goes to the server itself");
+        assert!(!b.admit(1), "and only the probe");
+        b.success(1);
+        assert_eq!(live(&b), 1, "recovered: its keys are back");
     }
 
     #[test]

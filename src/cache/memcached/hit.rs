@@ -2,6 +2,7 @@
 //! Only the chunks overlapping the requested range are fetched.
 
 use super::entry::{self, Body, Head};
+use super::stream;
 use super::{McError, MemcachedStorage};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,9 +14,9 @@ use std::any::Any;
 use std::collections::VecDeque;
 use tokio::task::JoinHandle;
 
-/// Chunks fetched ahead of the one being sent: hides one round trip per chunk while keeping a
-/// reader's memory to a few chunks.
-const READ_AHEAD: u32 = 2;
+/// Chunks fetched ahead of the one being sent: the next one is read while the current one is
+/// written, so a reader holds at most two chunks (reads are paced by [`super::stream`]).
+const READ_AHEAD: u32 = 1;
 
 type ChunkFetch = JoinHandle<std::result::Result<Bytes, McError>>;
 
@@ -56,10 +57,13 @@ impl McHit {
 
     fn spawn_fetch(&self, chunk_size: usize, index: u32) -> ChunkFetch {
         let len = entry::chunk_len(self.body_len, chunk_size, index);
-        tokio::spawn(
-            self.storage
-                .fetch_chunk(self.hex.clone(), self.write_id, index, len),
-        )
+        tokio::spawn(stream::fetch_chunk(
+            self.storage,
+            self.hex.clone(),
+            self.write_id,
+            index,
+            len,
+        ))
     }
 
     fn cancel_read_ahead(&mut self) {
@@ -99,9 +103,7 @@ impl McHit {
                 .map_err(|_| McError::Invalid("chunk fetch task failed"))?,
             None => {
                 let len = entry::chunk_len(self.body_len, chunk_size, index);
-                self.storage
-                    .fetch_chunk(self.hex.clone(), self.write_id, index, len)
-                    .await
+                stream::fetch_chunk(self.storage, self.hex.clone(), self.write_id, index, len).await
             }
         }
     }

@@ -62,8 +62,9 @@ fn is_transport(e: &memcache::exp::Error) -> bool {
 impl MemcachedStorage {
     pub(super) fn builder(&self) -> memcache::exp::MetaClientBuilder {
         AsyncMetaClient::builder()
-            .router(StableRendezvous)
-            .io_timeout(Some(self.settings.timeout))
+            .router(StableRendezvous(self.breakers.clone()))
+            // The client bounds the longest exchange; `exchange` enforces each one's own deadline.
+            .io_timeout(Some(self.settings.timeout.max(self.settings.body_timeout)))
             .connect_timeout(Some(self.settings.timeout))
             .max_idle(32)
     }
@@ -121,8 +122,10 @@ impl MemcachedStorage {
         Ok(())
     }
 
+    /// The server `key` goes to now: its rendezvous server, or the next one while that one's
+    /// breaker is open.
     pub(super) fn server_of(&self, key: &str) -> usize {
-        breaker::route(key.as_bytes(), &self.ids)
+        breaker::route_where(key.as_bytes(), &self.ids, |i| self.breakers.routable(i))
     }
 
     pub(super) fn label(&self, server: usize) -> &str {
@@ -144,6 +147,22 @@ impl MemcachedStorage {
     where
         F: Future<Output = memcache::exp::Result<T>>,
     {
+        self.exchange_within(self.settings.timeout, op, keys, fut, outcome)
+            .await
+    }
+
+    /// [`Self::exchange`] with its own deadline (body chunks: `body_timeout`).
+    pub(crate) async fn exchange_within<T, F>(
+        &self,
+        deadline: std::time::Duration,
+        op: &'static str,
+        keys: &[&str],
+        fut: F,
+        outcome: impl Fn(&T) -> Vec<Option<bool>>,
+    ) -> std::result::Result<T, McError>
+    where
+        F: Future<Output = memcache::exp::Result<T>>,
+    {
         let mut servers: Vec<usize> = keys.iter().map(|k| self.server_of(k)).collect();
         servers.sort_unstable();
         servers.dedup();
@@ -156,7 +175,7 @@ impl MemcachedStorage {
             }
         }
         let start = Instant::now();
-        let result = tokio::time::timeout(self.settings.timeout, fut).await;
+        let result = tokio::time::timeout(deadline, fut).await;
         metrics::MEMCACHED_EXCHANGE_DURATION
             .with_label_values(&[op])
             .observe(start.elapsed().as_secs_f64());
@@ -320,7 +339,13 @@ impl MemcachedStorage {
         let key = self.chunk_key(&hex, write_id, index);
         let client = self.client().await?;
         let r = self
-            .exchange("get_chunk", &[&key], client.get(&key).send(), |_| vec![])
+            .exchange_within(
+                self.settings.body_timeout,
+                "get_chunk",
+                &[&key],
+                client.get(&key).send(),
+                |_| vec![],
+            )
             .await?;
         let value = match r.value {
             Some(v) if r.hit() => v,

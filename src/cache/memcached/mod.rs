@@ -20,6 +20,7 @@ mod io;
 mod miss;
 pub mod peek;
 pub mod seal;
+mod stream;
 
 /// The shared tier's settings are the config section itself: one definition, one set of defaults.
 pub use crate::config::Memcached as MemcachedSettings;
@@ -51,7 +52,7 @@ pub struct MemcachedStorage {
     /// Server identities as the router sees them (`SocketAddr` display form).
     ids: Vec<String>,
     client: OnceCell<AsyncMetaClient>,
-    breakers: Breakers,
+    breakers: std::sync::Arc<Breakers>,
     /// Authenticates every value written and read (a no-op without `key_file`).
     seal: seal::Sealer,
 }
@@ -66,7 +67,11 @@ impl MemcachedStorage {
         settings.write_concurrency = settings.write_concurrency.max(1);
         let ids: Vec<String> = settings.servers.iter().map(|s| s.to_string()).collect();
         MemcachedStorage {
-            breakers: Breakers::new(&ids, settings.breaker_failures, settings.breaker_open_for),
+            breakers: std::sync::Arc::new(Breakers::new(
+                &ids,
+                settings.breaker_failures,
+                settings.breaker_open_for,
+            )),
             ids,
             seal: seal::Sealer::new(settings.mac_key.clone()),
             settings,
