@@ -14,7 +14,7 @@ use crate::reload;
 use crate::request_id;
 use crate::route::Router;
 use crate::rules::{Decisions, Rules};
-use crate::upstream::Group;
+use crate::upstream::{self, Group};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
@@ -381,6 +381,33 @@ impl ProxyHttp for Proxy {
         if ctx.attempts <= group.retries {
             e.set_retry(true);
         }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let group = self.group(ctx);
+        let retry = upstream::retry_after_send(
+            &session.req_header().method,
+            reused,
+            ctx.upstream_status != 0,
+            session.as_ref().retry_buffer_truncated(),
+            e.etype(),
+        ) && ctx.attempts <= group.retries;
+        if retry {
+            // This backend just dropped us: the next attempt goes elsewhere if it can.
+            if let Some(addr) = ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()) {
+                ctx.failed.push(*addr);
+            }
+        }
+        e.set_retry(retry);
         e
     }
 
