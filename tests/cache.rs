@@ -3,19 +3,22 @@
 
 mod common;
 
+use common::config::{Route, TestConfig};
 use common::http::{Client, Origin, Reply, Request};
 use common::{simple_config, Shellac};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A caching route over `origin`; `extra` is appended at top level (e.g. a `cache:` section).
+/// A caching route over `origin`, typed (tests/common/config.rs); `route` adds route keys.
 /// With `SHELLAC_TEST_TIER=memcached` the cache is memcached alone (no memory tier), so every
 /// rule below is also proven on the shared tier.
-fn cached(origin: &Origin, route_extra: &str, extra: &str) -> String {
-    let base = simple_config(&[origin], "", &format!(", cache: true{route_extra}"));
+fn tier(origin: &Origin, route: Route) -> TestConfig {
+    let c = TestConfig::new()
+        .upstream("app", &[origin.addr])
+        .route(route.cached());
     if !on_memcached() {
-        return format!("{base}{extra}");
+        return c;
     }
     static N: AtomicUsize = AtomicUsize::new(0);
     let ns = format!(
@@ -23,11 +26,14 @@ fn cached(origin: &Origin, route_extra: &str, extra: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    let tier = format!(
-        "cache: {{memory: {{size: 0}}, memcached: {{servers: [\"{}\"], timeout: 1s, namespace: \"{ns}\"}}}}\n",
-        common::memcached::shared()
-    );
-    format!("{base}{tier}{extra}")
+    c.memory("0")
+        .memcached(&[common::memcached::shared()], &ns)
+        .set("cache.memcached.timeout", "1s")
+}
+
+/// [`tier`] with the catch-all route as is.
+fn cached(origin: &Origin) -> TestConfig {
+    tier(origin, Route::to("app"))
 }
 
 fn on_memcached() -> bool {
@@ -45,7 +51,7 @@ fn status_of(r: &common::http::Response) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn miss_then_hit_with_age_and_cache_status() {
     let origin = Origin::start(cc("max-age=60")).await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     let r1 = shellac.get("/a").await;
     assert_eq!(r1.status, 200);
     assert_eq!(status_of(&r1), "shellac; fwd=miss; fwd-status=200; stored");
@@ -93,7 +99,7 @@ async fn uncached_routes_and_unsafe_methods_pass_through() {
     let r = shellac.get("/a").await;
     assert_eq!(origin.count(), 2, "route without cache: true never caches");
     assert_eq!(r.header("cache-status"), Some("shellac; fwd=bypass"));
-    let cached = Shellac::start(&cached(&origin, "", "")).await;
+    let cached = Shellac::start(&cached(&origin).yaml()).await;
     let r = cached.request("POST", "/a", &[]).await;
     assert_eq!(r.header("cache-status"), Some("shellac; fwd=method"));
 }
@@ -101,7 +107,7 @@ async fn uncached_routes_and_unsafe_methods_pass_through() {
 #[tokio::test(flavor = "multi_thread")]
 async fn freshness_expires() {
     let origin = Origin::start(cc("max-age=1")).await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/e").await;
     shellac.get("/e").await;
     assert_eq!(origin.count(), 1);
@@ -136,7 +142,7 @@ async fn response_directives_decide_storage() {
         }
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     let table = [
         ("/no-store", false),
         ("/private", false),
@@ -183,7 +189,7 @@ async fn authorization_needs_explicit_permission() {
         )
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     for path in ["/mine", "/shared"] {
         shellac
             .request("GET", path, &[("Authorization", "Bearer a")])
@@ -210,7 +216,14 @@ async fn request_directives() {
     })
     .await;
     // The route honours client reloads; by default they are ignored (tests/load_balancer.rs).
-    let shellac = Shellac::start(&cached(&origin, ", client_cache_control: honor", "")).await;
+    let shellac = Shellac::start(
+        &tier(
+            &origin,
+            Route::to("app").with("client_cache_control", "honor"),
+        )
+        .yaml(),
+    )
+    .await;
     // only-if-cached on a miss: 504 without asking the origin.
     let r = shellac
         .request("GET", "/d", &[("Cache-Control", "only-if-cached")])
@@ -272,7 +285,7 @@ async fn max_stale_serves_stale_unless_forbidden() {
         Reply::ok("v").header("Cache-Control", v)
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/ms").await;
     shellac.get("/mr").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -302,7 +315,7 @@ async fn vary_keeps_one_variant_per_selecting_header() {
         .header("Vary", "Accept-Encoding")
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     for _ in 0..2 {
         for enc in ["gzip", "br", ""] {
             let h: Vec<(&str, &str)> = if enc.is_empty() {
@@ -338,7 +351,7 @@ async fn a_304_refreshes_the_stored_response() {
             .header("X-Version", n.to_string())
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     assert_eq!(shellac.get("/r").await.header("x-version"), Some("1"));
     version.store(2, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -380,7 +393,7 @@ async fn unsafe_methods_invalidate_the_uri_and_its_location() {
         _ => Reply::ok("item").header("Cache-Control", "max-age=60"),
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     for p in ["/items", "/items/7"] {
         shellac.get(p).await;
         shellac.get(p).await;
@@ -412,7 +425,7 @@ async fn a_hundred_concurrent_cold_requests_cause_one_origin_request() {
             .delay(Duration::from_millis(300))
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let addr = shellac.addr;
@@ -441,7 +454,7 @@ async fn an_uncacheable_url_is_not_serialised() {
             .delay(Duration::from_millis(500))
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/dyn").await; // learns that /dyn is uncacheable
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -473,7 +486,7 @@ async fn stale_while_revalidate_refreshes_once_in_the_background() {
             .delay(Duration::from_millis(200))
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     assert_eq!(shellac.get("/s").await.text(), "v0");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let t = Instant::now();
@@ -520,7 +533,7 @@ async fn stale_if_error_covers_a_dead_or_failing_origin() {
         Reply::ok("good").header("Cache-Control", v)
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/sie").await;
     shellac.get("/mr").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -559,7 +572,8 @@ async fn route_defaults_for_stale_windows() {
         }
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, ", stale_if_error: 1m", "")).await;
+    let shellac =
+        Shellac::start(&tier(&origin, Route::to("app").with("stale_if_error", "1m")).yaml()).await;
     shellac.get("/d").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     failing.store(1, Ordering::SeqCst);
@@ -582,7 +596,7 @@ async fn ranges_are_served_from_the_stored_full_response() {
         }
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     let r = shellac
         .request("GET", "/sized", &[("Range", "bytes=10-19")])
         .await;
@@ -644,7 +658,7 @@ async fn purge_from_allowed_sources_only_and_never_forwarded() {
             .header("Vary", "Accept-Encoding")
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/p").await;
     shellac
         .request("GET", "/p", &[("Accept-Encoding", "gzip")])
@@ -665,7 +679,7 @@ async fn purge_from_allowed_sources_only_and_never_forwarded() {
     assert!(origin.requests().iter().all(|r| r.method != "PURGE"));
 
     // A proxy that only allows 10.0.0.0/8: our loopback client is refused, XFF or not.
-    let config = cached(&origin, "", "").replace("admin:", "x:")
+    let config = cached(&origin).yaml().replace("admin:", "x:")
         + "admin: {listen: \"{ADMIN}\", purge_allow: [\"10.0.0.0/8\"]}\n";
     let strict = Shellac::start(&config).await;
     strict.get("/q").await;
@@ -698,12 +712,10 @@ async fn memory_stays_within_its_limit_under_a_large_working_set() {
     })
     .await;
     let limit = 4 << 20;
-    let shellac = Shellac::start(&cached(
-        &origin,
-        "",
-        "cache: {memory: {size: 4MiB, max_object: 1MiB}}\n",
-    ))
-    .await;
+    let config = cached(&origin)
+        .memory("4MiB")
+        .set("cache.memory.max_object", "1MiB");
+    let shellac = Shellac::start(&config.yaml()).await;
     let baseline = vm_rss_kib(shellac.pid());
     // 16 MiB of distinct objects: four times the store.
     for i in 0..256 {
@@ -745,7 +757,7 @@ async fn an_age_near_two_to_the_63_neither_panics_nor_stops_later_hits() {
             .header("Age", age)
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     for i in 0..3 {
         let r = shellac.get("/huge").await;
         assert_eq!(r.status, 200, "request {i}");
@@ -786,7 +798,7 @@ async fn cdn_cache_control_governs_this_cache_and_stops_here() {
             .header("CDN-Cache-Control", "max-age=60")
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/t").await;
     let r = shellac.get("/t").await;
     assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
@@ -809,7 +821,7 @@ async fn cdn_cache_control_governs_this_cache_and_stops_here() {
             .header("CDN-Cache-Control", "Max-Age=60")
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/i").await;
     shellac.get("/i").await;
     assert_eq!(origin.count(), 2);
@@ -818,7 +830,7 @@ async fn cdn_cache_control_governs_this_cache_and_stops_here() {
 #[tokio::test(flavor = "multi_thread")]
 async fn must_understand_stores_despite_no_store() {
     let origin = Origin::start(cc("max-age=60, no-store, must-understand")).await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/m").await;
     let r = shellac.get("/m").await;
     assert!(status_of(&r).contains("hit"), "{}", status_of(&r));
@@ -836,7 +848,7 @@ async fn equivalent_accept_encodings_share_a_variant() {
         .header("Vary", "Accept-Encoding")
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     for enc in ["gzip, br", "br,gzip", "BR , GZIP", "gzip,br,gzip"] {
         let r = shellac
             .request("GET", "/ae", &[("Accept-Encoding", enc)])
@@ -864,7 +876,7 @@ async fn if_modified_since_is_answered_from_the_stored_date() {
             .header("Date", date.clone())
     })
     .await;
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/d").await;
     let hour = Duration::from_secs(3600);
     let later = httpdate::fmt_http_date(now + hour);
@@ -891,7 +903,7 @@ async fn expires_in_rfc_850_and_asctime_forms() {
     .enumerate()
     {
         let origin = Origin::start(move |_| Reply::ok("e").header("Expires", expires)).await;
-        let shellac = Shellac::start(&cached(&origin, "", "")).await;
+        let shellac = Shellac::start(&cached(&origin).yaml()).await;
         let target = format!("/e{i}");
         shellac.get(&target).await;
         let r = shellac.get(&target).await;
@@ -921,7 +933,7 @@ async fn stale_stands_in_for_an_unreachable_origin_but_not_for_its_5xx() {
     })
     .await;
     // No stale-if-error anywhere: only cache.stale_on_disconnect (default 10s) applies.
-    let shellac = Shellac::start(&cached(&origin, "", "")).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
     shellac.get("/d").await;
     shellac.get("/mr").await;
     tokio::time::sleep(Duration::from_millis(2100)).await; // both are stale now
@@ -951,19 +963,8 @@ async fn stale_stands_in_for_an_unreachable_origin_but_not_for_its_5xx() {
 
     // With the window set to zero, a dead origin is a 502.
     let origin = Origin::start(cc("max-age=1")).await;
-    let shellac = Shellac::start(
-        &cached(&origin, "", "")
-            .replace("cache: {", "cache: {stale_on_disconnect: 0s, ")
-            .replace(
-                "routes:",
-                if on_memcached() {
-                    "routes:"
-                } else {
-                    "cache: {stale_on_disconnect: 0s}\nroutes:"
-                },
-            ),
-    )
-    .await;
+    let config = cached(&origin).set("cache.stale_on_disconnect", "0s");
+    let shellac = Shellac::start(&config.yaml()).await;
     shellac.get("/z").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     origin.kill();

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod http;
 pub mod load;
 pub mod memcached;
@@ -87,7 +88,8 @@ pub fn backends(origins: &[&http::Origin]) -> String {
     format!("[{}]", list.join(", "))
 }
 
-/// A config with one upstream group `app` over `origins` and one catch-all route.
+/// A config with one upstream group `app` over `origins` and one catch-all route, with raw YAML
+/// fragments for the upstream and the route. New tests use [`config::TestConfig`] instead.
 pub fn simple_config(origins: &[&http::Origin], upstream_extra: &str, route_extra: &str) -> String {
     format!(
         "upstreams:\n  app:\n    backends: {}\n{upstream_extra}\nroutes:\n  - {{host: \"*\", path_prefix: /, upstream: app{route_extra}}}\n",
