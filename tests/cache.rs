@@ -717,11 +717,12 @@ async fn memory_stays_within_its_limit_under_a_large_working_set() {
         .set("cache.memory.max_object", "1MiB");
     let shellac = Shellac::start(&config.yaml()).await;
     let baseline = vm_rss_kib(shellac.pid());
-    // 16 MiB of distinct objects: four times the store.
-    for i in 0..256 {
+    // 64 MiB of distinct objects: sixteen times the store, so a store that kept them would
+    // grow far past the bound below, while allocator and runtime noise stays well under it.
+    for i in 0..1024 {
         let r = shellac.get(&format!("/obj/{i}")).await;
         assert_eq!(r.status, 200);
-        if i % 32 == 31 {
+        if i % 128 == 127 {
             let used = shellac.metric("shellac_cache_memory_bytes", &[]).await;
             assert!(used <= limit as f64, "store at {used} bytes, limit {limit}");
             assert!(used > 0.0);
@@ -733,12 +734,13 @@ async fn memory_stays_within_its_limit_under_a_large_working_set() {
             .await,
         limit as f64
     );
-    assert!(shellac.metric("shellac_cache_evictions_total", &[]).await > 150.0);
+    assert!(shellac.metric("shellac_cache_evictions_total", &[]).await > 900.0);
     let grown = vm_rss_kib(shellac.pid()).saturating_sub(baseline) / 1024;
-    assert!(grown < 24, "RSS grew {grown} MiB for a 4 MiB store");
+    eprintln!("RSS grew {grown} MiB for a 4 MiB store after 64 MiB of objects");
+    assert!(grown < 32, "RSS grew {grown} MiB for a 4 MiB store");
     // The most recent objects are still cached.
     let before = origin.count();
-    shellac.get("/obj/255").await;
+    shellac.get("/obj/1023").await;
     assert_eq!(origin.count(), before);
 }
 
