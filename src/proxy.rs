@@ -390,13 +390,12 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Ctx,
-        reused: bool,
+        _reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let group = self.group(ctx);
         let retry = upstream::retry_after_send(
             &session.req_header().method,
-            reused,
             ctx.upstream_status != 0,
             session.as_ref().retry_buffer_truncated(),
             e.etype(),

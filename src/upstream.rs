@@ -287,18 +287,18 @@ impl HealthObserve for HealthGauge {
 }
 /// Whether a request whose upstream connection failed after it was sent may go again, to
 /// another backend: only an idempotent method (RFC 9110 §9.2.2) whose body Pingora still holds,
-/// on a pooled connection that died before any answer (the origin restarted or closed an idle
-/// connection as it was reused). A timeout is not retried: the origin may be working on it.
+/// when the connection closed or reset before any answer: a pooled connection the origin closed
+/// as it was reused, or a new one accepted by a dying origin's backlog (nginx's default
+/// `proxy_next_upstream error` does the same). A timeout is not retried: the origin may still be
+/// working on the request.
 pub fn retry_after_send(
     method: &http::Method,
-    reused: bool,
     answered: bool,
     body_truncated: bool,
     error: &pingora::ErrorType,
 ) -> bool {
     use pingora::ErrorType::*;
     method.is_idempotent()
-        && reused
         && !answered
         && !body_truncated
         && matches!(error, ConnectionClosed | ReadError | WriteError)
@@ -309,36 +309,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_idempotent_unanswered_requests_on_dead_pooled_connections_go_again() {
+    fn only_idempotent_unanswered_requests_on_dead_connections_go_again() {
         use pingora::ErrorType::*;
         let get = http::Method::GET;
-        assert!(retry_after_send(
-            &get,
-            true,
-            false,
-            false,
-            &ConnectionClosed
-        ));
-        assert!(retry_after_send(&get, true, false, false, &ReadError));
+        assert!(retry_after_send(&get, false, false, &ConnectionClosed));
+        assert!(retry_after_send(&get, false, false, &ReadError));
         assert!(!retry_after_send(
             &http::Method::POST,
-            true,
             false,
             false,
             &ReadError
         ));
         assert!(
-            !retry_after_send(&get, false, false, false, &ReadError),
-            "a fresh connection"
-        );
-        assert!(
-            !retry_after_send(&get, true, true, false, &ReadError),
+            !retry_after_send(&get, true, false, &ReadError),
             "already answered"
         );
         assert!(
-            !retry_after_send(&get, true, false, true, &ReadError),
+            !retry_after_send(&get, false, true, &ReadError),
             "body not held"
         );
-        assert!(!retry_after_send(&get, true, false, false, &ReadTimedout));
+        assert!(!retry_after_send(&get, false, false, &ReadTimedout));
     }
 }
