@@ -48,24 +48,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
 }
 
 pub fn main(args: &[String]) -> i32 {
-    let a = match parse(args) {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("shellac inspect: {e}\n{USAGE}");
-            return 2;
-        }
-    };
-    match run(&a) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("shellac inspect: {e}");
-            1
-        }
-    }
+    super::tool("inspect", USAGE, args, parse, run)
 }
 
 /// Everything but unreserved characters percent-encoded.

@@ -23,3 +23,32 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
         _ => None,
     }
 }
+
+/// What every tool does with its arguments and its outcome: `-h` prints the usage (exit 0), a
+/// usage error prints it with the error (exit 2), a failure says what failed (exit 1).
+fn tool<A>(
+    name: &str,
+    usage: &str,
+    args: &[String],
+    parse: fn(&[String]) -> Result<A, String>,
+    run: fn(&A) -> Result<(), String>,
+) -> i32 {
+    let a = match parse(args) {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{usage}");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("shellac {name}: {e}\n{usage}");
+            return 2;
+        }
+    };
+    match run(&a) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shellac {name}: {e}");
+            1
+        }
+    }
+}

@@ -66,24 +66,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
 }
 
 pub fn main(args: &[String]) -> i32 {
-    let a = match parse(args) {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("shellac purge: {e}\n{USAGE}");
-            return 2;
-        }
-    };
-    match run(&a) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("shellac purge: {e}");
-            1
-        }
-    }
+    super::tool("purge", USAGE, args, parse, run)
 }
 
 fn run(a: &Args) -> Result<(), String> {

@@ -53,24 +53,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
 
 /// Runs the subcommand; returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
-    let a = match parse(args) {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return 0;
-        }
-        Err(e) => {
-            eprintln!("shellac stat: {e}\n{USAGE}");
-            return 2;
-        }
-    };
-    match run(&a) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("shellac stat: {e}");
-            1
-        }
-    }
+    super::tool("stat", USAGE, args, parse, run)
 }
 
 /// One `/status.json` snapshot from the admin listener at `admin`.
