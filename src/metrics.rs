@@ -139,6 +139,9 @@ pub fn init() {
     LazyLock::force(&CACHE_EVICTIONS);
     LazyLock::force(&CACHE_NOT_STORED);
     LazyLock::force(&CACHE_PURGES);
+    for result in ["hit", "stored", "combined", "completed", "failed"] {
+        CACHE_PARTIALS.with_label_values(&[result]);
+    }
     for kind in ["url", "tag", "host", "prefix", "all"] {
         for mode in ["hard", "soft"] {
             CACHE_INVALIDATIONS.with_label_values(&[kind, mode]);
@@ -206,6 +209,15 @@ pub static CACHE_NOT_STORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "shellac_cache_not_stored_total",
         "Responses on caching routes that were not stored, by reason (RFC 9111 rule or limit)",
         &["reason"]
+    )
+    .unwrap()
+});
+
+pub static CACHE_PARTIALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "shellac_cache_partials_total",
+        "Partial content (RFC 9111 §3.3, §3.4): ranges answered from a stored partial (hit), 206s stored as partials (stored), combined with a stored part of the same strong ETag (combined), completed into a whole stored 200 (completed), or not written (failed)",
+        &["result"]
     )
     .unwrap()
 });

@@ -330,6 +330,13 @@ impl ProxyHttp for Proxy {
                 "the client left while waiting for a fill; not fetching for nobody",
             );
         }
+        // A range held by a stored partial is answered from it, dressed as any response.
+        if let Some(hit) = self.cache.partial_lookup(session, &mut ctx.cache).await {
+            let mut resp = hit.header();
+            self.response_filter(session, &mut resp, ctx).await?;
+            self.cache.serve_partial(session, hit, resp).await?;
+            return Ok(false);
+        }
         self.cache.before_upstream(session, &mut ctx.cache).await
     }
 
@@ -417,6 +424,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.cache.request_sent(&mut ctx.cache);
+        self.cache.forward_range(req, &ctx.cache)?;
         request_id::forward(req, &ctx.request_id)?;
         forward::upstream_request(req, crate::client::hop(session))
     }
@@ -468,6 +476,17 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        self.cache.partial_body(body, &mut ctx.cache);
+        Ok(None)
+    }
+
     fn response_body_filter(
         &self,
         _s: &mut Session,
@@ -489,6 +508,7 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         // `attempts`, not `backend`: a refused connection clears the backend but still fetched.
         self.cache.done(session, &ctx.cache, ctx.attempts > 0);
+        self.cache.partial_done(&mut ctx.cache, e.is_none()).await;
         if let Some(fork) = ctx.mirror.take() {
             fork.finish(e.is_some());
         }

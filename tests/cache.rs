@@ -972,3 +972,284 @@ async fn stale_stands_in_for_an_unreachable_origin_but_not_for_its_5xx() {
     origin.kill();
     assert_eq!(shellac.get("/z").await.status, 502);
 }
+
+/// A caching route that forwards single ranges on a miss (`cache.range_misses: forward`).
+fn forwarding(origin: &Origin) -> TestConfig {
+    cached(origin).set("cache.range_misses", "forward")
+}
+
+/// An origin serving `body` with `etag` and `Cache-Control: max-age=60` that honours a single
+/// byte range itself (206 with `Content-Range`), as a file server does.
+fn ranged(
+    body: &'static [u8],
+    etag: impl Fn(&Request) -> String + Send + Sync + 'static,
+) -> impl Fn(&Request) -> Reply {
+    move |req| {
+        let full = body.len() as u64;
+        let base = |r: Reply| {
+            r.header("Cache-Control", "max-age=60")
+                .header("ETag", etag(req))
+        };
+        let Some(spec) = req.header("range").and_then(|v| v.strip_prefix("bytes=")) else {
+            return base(Reply::ok(body));
+        };
+        let (a, b) = spec.split_once('-').expect("a single range");
+        let (first, last) = match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(a), Ok(b)) => (a, b.min(full - 1)),
+            (Ok(a), Err(_)) => (a, full - 1),
+            (Err(_), Ok(n)) => (full.saturating_sub(n), full - 1),
+            _ => panic!("unexpected range {spec}"),
+        };
+        base(Reply::new(206, &body[first as usize..=last as usize]))
+            .header("Content-Range", format!("bytes {first}-{last}/{full}"))
+    }
+}
+
+const BODY20: &[u8] = b"abcdefghijklmnopqrst";
+
+/// Waits until `shellac_cache_partials_total{result}` reaches `n`: parts are written once
+/// their response is complete, just after the client has it.
+async fn partials_reach(shellac: &Shellac, result: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = shellac
+            .metric_or_zero("shellac_cache_partials_total", &[("result", result)])
+            .await;
+        if seen >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "partials {result}: {seen} < {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn range(shellac: &Shellac, path: &str, r: &str) -> common::http::Response {
+    shellac.request("GET", path, &[("Range", r)]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_partial_answers_ranges_inside_it_and_nothing_else() {
+    let origin = Origin::start(ranged(BODY20, |_| "\"v1\"".into())).await;
+    let shellac = Shellac::start(&forwarding(&origin).yaml()).await;
+
+    let r = range(&shellac, "/p", "bytes=-5").await;
+    assert_eq!((r.status, r.text().as_str()), (206, "pqrst"));
+    assert_eq!(r.header("content-range"), Some("bytes 15-19/20"));
+    assert_eq!(status_of(&r), "shellac; fwd=miss; fwd-status=206; stored");
+    assert_eq!(
+        origin.requests()[0].header("range"),
+        Some("bytes=-5"),
+        "the client's range went to the origin"
+    );
+    partials_reach(&shellac, "stored", 1.0).await;
+
+    // Ranges wholly inside the stored part (byte range, open end, suffix): from the cache.
+    for (spec, text, content_range) in [
+        ("bytes=16-18", "qrs", "bytes 16-18/20"),
+        ("bytes=17-", "rst", "bytes 17-19/20"),
+        ("bytes=-1", "t", "bytes 19-19/20"),
+        ("bytes=15-19", "pqrst", "bytes 15-19/20"),
+    ] {
+        let r = range(&shellac, "/p", spec).await;
+        assert_eq!((r.status, r.text().as_str()), (206, text), "{spec}");
+        assert_eq!(r.header("content-range"), Some(content_range), "{spec}");
+        assert_eq!(r.header("etag"), Some("\"v1\""), "{spec}");
+        assert!(r.header("age").is_some(), "{spec}");
+        assert!(
+            status_of(&r).starts_with("shellac; hit; ttl=")
+                && status_of(&r).ends_with("; detail=partial"),
+            "{spec}: {}",
+            status_of(&r)
+        );
+    }
+    assert_eq!(origin.count(), 1, "every range inside the part was a hit");
+    assert_eq!(
+        shellac
+            .metric("shellac_cache_partials_total", &[("result", "hit")])
+            .await,
+        4.0
+    );
+    assert_eq!(
+        shellac
+            .metric("shellac_cache_lookups_total", &[("result", "hit")])
+            .await,
+        4.0
+    );
+
+    // A HEAD never gets a part (Range is for GET only): the origin is asked for the whole.
+    let r = shellac
+        .request("HEAD", "/p", &[("Range", "bytes=16-18")])
+        .await;
+    assert_eq!(
+        status_of(&r),
+        "shellac; fwd=miss; fwd-status=200; stored",
+        "HEAD is filled as a whole GET"
+    );
+    assert_eq!(origin.count(), 2);
+    assert_eq!(origin.requests()[1].header("range"), None);
+
+    // A range the part does not hold goes to the origin, as does a request without Range.
+    let origin2 = Origin::start(ranged(BODY20, |_| "\"v1\"".into())).await;
+    let shellac = Shellac::start(&forwarding(&origin2).yaml()).await;
+    range(&shellac, "/q", "bytes=10-14").await;
+    partials_reach(&shellac, "stored", 1.0).await;
+    let r = range(&shellac, "/q", "bytes=2-3").await;
+    assert_eq!((r.status, r.text().as_str()), (206, "cd"));
+    assert_eq!(
+        status_of(&r),
+        "shellac; fwd=partial; fwd-status=206; stored",
+        "RFC 9211: a partial was stored, not enough for this range"
+    );
+    assert_eq!(origin2.requests()[1].header("range"), Some("bytes=2-3"));
+    let r = shellac.get("/q").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "abcdefghijklmnopqrst"));
+    assert_eq!(r.header("content-range"), None);
+    assert!(
+        status_of(&r).starts_with("shellac; fwd=miss; fwd-status=200"),
+        "{}",
+        status_of(&r)
+    );
+    assert_eq!(
+        origin2.count(),
+        3,
+        "a request without Range never gets a part"
+    );
+    assert_eq!(origin2.requests()[2].header("range"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parts_with_one_strong_etag_combine_into_the_whole_object() {
+    // /v changes its ETag on every response; /w has a weak one.
+    let n = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start(ranged(BODY20, move |req| match req.path() {
+        "/v" => format!("\"v{}\"", n.fetch_add(1, Ordering::SeqCst)),
+        "/w" => "W/\"w1\"".into(),
+        _ => "\"s1\"".into(),
+    }))
+    .await;
+    let shellac = Shellac::start(&forwarding(&origin).yaml()).await;
+
+    range(&shellac, "/c", "bytes=0-9").await;
+    partials_reach(&shellac, "stored", 1.0).await;
+    let r = range(&shellac, "/c", "bytes=8-19").await;
+    assert_eq!((r.status, r.text().as_str()), (206, "ijklmnopqrst"));
+    partials_reach(&shellac, "completed", 1.0).await;
+    // The combination covers the whole: an ordinary stored 200, for every request.
+    let r = shellac.get("/c").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "abcdefghijklmnopqrst"));
+    assert_eq!(r.header("content-length"), Some("20"));
+    assert!(
+        status_of(&r).starts_with("shellac; hit; ttl="),
+        "{}",
+        status_of(&r)
+    );
+    let r = range(&shellac, "/c", "bytes=5-14").await;
+    assert_eq!((r.status, r.text().as_str()), (206, "fghijklmno"));
+    assert_eq!(r.header("content-range"), Some("bytes 5-14/20"));
+    assert_eq!(origin.count_path("/c"), 2);
+
+    // One request for the whole of it is complete at once.
+    range(&shellac, "/o", "bytes=0-").await;
+    partials_reach(&shellac, "completed", 2.0).await;
+    assert_eq!(shellac.get("/o").await.text(), "abcdefghijklmnopqrst");
+    assert_eq!(origin.count_path("/o"), 1);
+
+    // Different or weak validators never combine: the newer part replaces the older, and the
+    // whole object is still fetched whole.
+    for path in ["/v", "/w"] {
+        range(&shellac, path, "bytes=0-9").await;
+        range(&shellac, path, "bytes=10-19").await;
+        let r = shellac.get(path).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(origin.count_path(path), 3, "{path}");
+    }
+    partials_reach(&shellac, "stored", 5.0).await;
+    assert_eq!(
+        shellac
+            .metric("shellac_cache_partials_total", &[("result", "completed")])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        shellac
+            .metric("shellac_cache_partials_total", &[("result", "combined")])
+            .await,
+        0.0,
+        "a combination that completes the object counts as completed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parts_that_vary_or_exceed_max_object_are_not_kept() {
+    static BIG: [u8; 4096] = [b'x'; 4096];
+    let origin = Origin::start(move |req| {
+        let r = ranged(&BIG, |_| "\"b1\"".into())(req);
+        if req.path() == "/vary" {
+            r.header("Vary", "Accept-Encoding")
+        } else {
+            r
+        }
+    })
+    .await;
+    let config = forwarding(&origin).set(
+        if on_memcached() {
+            "cache.memcached.max_object"
+        } else {
+            "cache.memory.max_object"
+        },
+        "1KiB",
+    );
+    let shellac = Shellac::start(&config.yaml()).await;
+    for (path, spec, detail) in [
+        ("/big", "bytes=0-2047", "too-large"),
+        ("/vary", "bytes=0-9", "partial-vary"),
+    ] {
+        let r = range(&shellac, path, spec).await;
+        assert_eq!(r.status, 206, "{path}: passed through");
+        assert_eq!(
+            status_of(&r),
+            format!("shellac; fwd=miss; fwd-status=206; detail={detail}")
+        );
+        let r = range(&shellac, path, spec).await;
+        assert_eq!(r.status, 206);
+        assert_eq!(origin.count_path(path), 2, "{path}: not kept");
+    }
+    // A small part of the same large object is kept (the limit is on what is stored).
+    range(&shellac, "/big", "bytes=100-199").await;
+    partials_reach(&shellac, "stored", 1.0).await;
+    let r = range(&shellac, "/big", "bytes=150-159").await;
+    assert_eq!((r.status, r.text().as_str()), (206, "xxxxxxxxxx"));
+    assert_eq!(origin.count_path("/big"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parts_combine_short_of_whole_and_purges_reach_them() {
+    let origin = Origin::start(ranged(BODY20, |_| "\"g1\"".into())).await;
+    let shellac = Shellac::start(&forwarding(&origin).yaml()).await;
+    range(&shellac, "/g", "bytes=0-4").await;
+    partials_reach(&shellac, "stored", 1.0).await;
+    range(&shellac, "/g", "bytes=3-9").await;
+    partials_reach(&shellac, "combined", 1.0).await;
+    // 0-9 is held now: a range across both parts is a hit.
+    let r = range(&shellac, "/g", "bytes=2-8").await;
+    assert_eq!((r.status, r.text().as_str()), (206, "cdefghi"));
+    assert!(
+        status_of(&r).ends_with("detail=partial"),
+        "{}",
+        status_of(&r)
+    );
+    assert_eq!(origin.count(), 2);
+
+    // A purge of the URL, hard or soft, removes its part: the next range goes to the origin.
+    for (i, soft) in ["0", "1"].into_iter().enumerate() {
+        let purge = shellac
+            .request("PURGE", "/g", &[("Shellac-Purge-Soft", soft)])
+            .await;
+        assert_eq!(purge.status, 200, "soft={soft}");
+        let r = range(&shellac, "/g", "bytes=2-8").await;
+        assert_eq!(r.status, 206);
+        assert_eq!(status_of(&r), "shellac; fwd=miss; fwd-status=206; stored");
+        assert_eq!(origin.count(), 3 + i, "soft={soft}");
+        partials_reach(&shellac, "stored", 2.0 + i as f64).await;
+    }
+}

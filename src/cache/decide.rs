@@ -34,6 +34,9 @@ impl Cache {
             }
             None => resp,
         };
+        if let Some(partial) = self.partial_decide(session.req_header(), resp, cx, t) {
+            return partial;
+        }
         let (req, h, o) = (session.req_header(), self.heuristic, cx.overrides);
         match policy::storable_with(req, resp, t, h, cx.rule.stale, &self.targeted, o) {
             Ok(mut meta) => {

@@ -12,6 +12,7 @@ pub mod invalidation;
 pub mod key;
 pub mod memcached;
 pub mod memory;
+pub mod partial;
 pub mod policy;
 mod promote;
 pub mod purge;
@@ -90,11 +91,14 @@ pub struct CacheCtx {
     pub from_cache: bool,
     /// Freshness set by rules for the origin's answer.
     pub overrides: policy::Overrides,
+    /// Partial content (RFC 9111 §3.3, §3.4): see [`partial::flow`].
+    pub partial: partial::flow::Flow,
 }
 
-/// Request-dependent refusals: the Predictor must not remember them for the URL.
+/// Request-dependent refusals: the Predictor must not remember them for the URL. The answer
+/// to a forwarded range is one of them: it says nothing about the whole object.
 fn request_specific(label: &'static str) -> bool {
-    Refusal::from_label(label).is_some_and(Refusal::request_specific)
+    label == partial::FORWARDED || Refusal::from_label(label).is_some_and(Refusal::request_specific)
 }
 
 pub struct Cache {
@@ -113,6 +117,7 @@ pub struct Cache {
     purger: purge::Purger,
     inv: &'static invalidation::Invalidator,
     tags: config::Tags,
+    range_misses: config::RangeMisses,
 }
 
 impl Cache {
@@ -134,12 +139,9 @@ impl Cache {
             .memcached
             .as_ref()
             .map_or(Duration::from_secs(1), |m| m.purge_check);
-        let storage: &'static Tiered = Box::leak(Box::new(Tiered::new(
-            l1,
-            l2,
-            conf.lock_timeout,
-            purge_check,
-        )));
+        let mut tiered = Tiered::new(l1, l2, conf.lock_timeout, purge_check);
+        tiered.partials = conf.range_misses == config::RangeMisses::Forward;
+        let storage: &'static Tiered = Box::leak(Box::new(tiered));
         let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(conf.lock_timeout));
         let inv = &*Box::leak(Box::new(invalidation::Invalidator::new(l2, purge_check)));
         invalidation::install(inv);
@@ -176,6 +178,7 @@ impl Cache {
             },
             inv,
             tags: conf.tags.clone(),
+            range_misses: conf.range_misses,
         }
     }
 
@@ -297,5 +300,9 @@ mod tests {
         assert!(request_specific(Refusal::Method.label()));
         assert!(!request_specific(Refusal::Private.label()));
         assert!(!request_specific("too-large"));
+        assert!(
+            request_specific(partial::FORWARDED),
+            "a range's answer is not the URL's"
+        );
     }
 }

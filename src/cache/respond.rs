@@ -40,6 +40,7 @@ impl Cache {
         }
         let phase = session.cache.phase();
         let served = match phase {
+            _ if cx.partial.served.is_some() => Served::PartialHit,
             CachePhase::Hit => Served::Hit {
                 coalesced: session.cache.lock_duration().is_some(),
             },
@@ -53,7 +54,11 @@ impl Cache {
             },
         };
         let mut ttl = 0;
-        if !matches!(served, Served::Origin { .. }) {
+        if let Some((age, left)) = cx.partial.served {
+            cx.from_cache = true;
+            resp.insert_header(http::header::AGE, age)?;
+            ttl = left;
+        } else if !matches!(served, Served::Origin { .. }) {
             cx.from_cache = true;
             let now = SystemTime::now();
             let meta = session.cache.cache_meta();
@@ -66,8 +71,11 @@ impl Cache {
             upstream_status,
             forced: cx.forced,
             had_stale: cx.had_stale,
-            stored: cx.stored && (matches!(served, Served::Revalidated) || session.cache.enabled()),
+            stored: cx.partial.storing()
+                || cx.stored && (matches!(served, Served::Revalidated) || session.cache.enabled()),
             refusal: cx.refusal,
+            had_partial: cx.partial.had,
+            unstorable: cx.partial.unstorable,
             disabled: match phase {
                 CachePhase::Disabled(r) => Some(reason_label(r)),
                 _ => None,

@@ -1,6 +1,7 @@
 //! What the cache did for one response, as `Cache-Status` (RFC 9211) and the lookup metric's
 //! label. Pure: the hooks gather the facts, this decides the words.
 
+use super::partial::Unstorable;
 use super::policy::stale::StaleReason;
 use super::policy::Refusal;
 use std::fmt::Write;
@@ -37,6 +38,8 @@ impl Lookup {
 pub enum Served {
     /// A fresh stored response; `coalesced` when this request waited for its fill.
     Hit { coalesced: bool },
+    /// A range answered from a stored partial response (RFC 9111 §3.3).
+    PartialHit,
     /// Stale, while a background refresh runs (RFC 5861 stale-while-revalidate).
     StaleWhileRevalidate,
     /// Stale because the origin failed (stale-if-error) or could not be reached.
@@ -61,6 +64,10 @@ pub struct Facts {
     pub had_stale: bool,
     pub stored: bool,
     pub refusal: Option<Refusal>,
+    /// A stored partial existed but did not hold the range asked for.
+    pub had_partial: bool,
+    /// Why the origin's answer to a forwarded range was not kept.
+    pub unstorable: Option<Unstorable>,
     /// Why Pingora disabled caching for this request, when it did.
     pub disabled: Option<&'static str>,
 }
@@ -90,6 +97,10 @@ pub fn cache_status(f: &Facts) -> (String, Lookup) {
                 Lookup::Hit
             }
         }
+        Served::PartialHit => {
+            let _ = write!(s, "hit; ttl={ttl}; detail=partial");
+            Lookup::Hit
+        }
         Served::StaleWhileRevalidate => {
             let _ = write!(s, "hit; ttl={ttl}; detail=stale-while-revalidate");
             Lookup::Stale
@@ -115,6 +126,8 @@ pub fn cache_status(f: &Facts) -> (String, Lookup) {
                 "request"
             } else if f.had_stale {
                 "stale"
+            } else if f.had_partial {
+                "partial" // RFC 9211 §2.2: a partial was stored, not enough for this request
             } else {
                 "miss"
             };
@@ -125,6 +138,8 @@ pub fn cache_status(f: &Facts) -> (String, Lookup) {
             if f.stored {
                 s.push_str("; stored");
             } else if let Some(reason) = f.refusal {
+                let _ = write!(s, "; detail={}", reason.label());
+            } else if let Some(reason) = f.unstorable {
                 let _ = write!(s, "; detail={}", reason.label());
             } else if let Some(reason) = f.disabled {
                 let _ = write!(s, "; detail={reason}");
@@ -152,6 +167,8 @@ mod tests {
             had_stale: false,
             stored: false,
             refusal: None,
+            had_partial: false,
+            unstorable: None,
             disabled: None,
         }
     }
@@ -232,6 +249,31 @@ mod tests {
                 },
                 "shellac; fwd=stale; fwd-status=200; detail=lock-timeout",
                 Lookup::Pass,
+            ),
+            (
+                facts(Served::PartialHit),
+                "shellac; hit; ttl=30; detail=partial",
+                Lookup::Hit,
+            ),
+            (
+                Facts {
+                    upstream_status: 206,
+                    stored: true,
+                    had_partial: true,
+                    ..facts(Served::Origin { bypass: false })
+                },
+                "shellac; fwd=partial; fwd-status=206; stored",
+                Lookup::Miss,
+            ),
+            (
+                Facts {
+                    upstream_status: 206,
+                    unstorable: Some(Unstorable::Vary),
+                    disabled: Some("partial"),
+                    ..facts(Served::Origin { bypass: false })
+                },
+                "shellac; fwd=miss; fwd-status=206; detail=partial-vary",
+                Lookup::Miss,
             ),
         ];
         for (f, want, lookup) in table {

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use pingora::cache::key::{CacheHashKey, CacheKey};
 use pingora::cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora::cache::trace::SpanHandle;
-use pingora::cache::{CacheMeta, Storage};
+use pingora::cache::{CacheEntryKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::time::{Duration, SystemTime};
@@ -35,6 +35,8 @@ pub struct Tiered {
     purge_check: Duration,
     /// Fills in progress, readable while they arrive (see [`super::fill`]).
     pub(super) fills: Fills,
+    /// Stored partials may exist (`cache.range_misses: forward`): purges remove them too.
+    pub(super) partials: bool,
 }
 
 impl Tiered {
@@ -50,7 +52,23 @@ impl Tiered {
             fleet: l2.map(|l2| Fleet::new(l2, lock_timeout)),
             purge_check,
             fills: Fills::default(),
+            partials: false,
         }
+    }
+
+    /// Removes the stored partial of `key`'s object ([`super::partial`]) from both tiers. Its
+    /// key is known, unlike a Vary variant's, so memcached deletes it even when no purge marker
+    /// is written. True if one was removed.
+    pub async fn forget_partial(&'static self, key: &CacheKey) -> bool {
+        if !self.partials {
+            return false;
+        }
+        let exact = CacheEntryKey::key_only(super::partial::key_of(key).to_compact());
+        let span = pingora::cache::trace::Span::inactive().handle();
+        let outcome = self
+            .purge(PurgeTarget::Exact(&exact), PurgeType::Invalidation, &span)
+            .await;
+        matches!(outcome, Ok(PurgeOutcome::Purged(_)))
     }
 
     pub fn max_object(&self) -> usize {
@@ -117,6 +135,13 @@ impl Tiered {
         Ok(stale_l1.map(|e| MemoryStore::hit(&e)))
     }
 
+    /// L1 then L2, without the fleet's lease: for entries no fill coordinates (stored partials,
+    /// [`super::partial`]). Purge markers apply as for any lookup.
+    pub async fn peek(&'static self, key: &CacheKey) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let span = pingora::cache::trace::Span::inactive().handle();
+        self.lookup_tiers(key, &span).await
+    }
+
     fn promote(&self, key: &CacheKey, meta: CacheMeta, hit: HitHandler) -> (CacheMeta, HitHandler) {
         let Some(l1) = self.l1 else {
             return (meta, hit);
@@ -168,6 +193,7 @@ impl Tiered {
                 .map_err(|e| e.to_string())?;
             found |= matches!(outcome, PurgeOutcome::Purged(_));
         }
+        found |= self.forget_partial(key).await;
         Ok(found)
     }
 }

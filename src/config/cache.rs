@@ -53,6 +53,23 @@ pub struct Cache {
     /// Surrogate keys: the origin's tags on a response, for purging by tag.
     #[serde(default)]
     pub tags: Tags,
+    /// What a single-range GET that finds no stored response asks the origin for.
+    #[serde(default)]
+    pub range_misses: RangeMisses,
+}
+
+/// `cache.range_misses`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RangeMisses {
+    /// The whole object: it is stored and the range carved from it, so later ranges and whole
+    /// requests are hits (best for objects under `max_object`, as Varnish and nginx do).
+    #[default]
+    Whole,
+    /// The client's range: the 206 is stored as a partial (RFC 9111 §3.3), answers later
+    /// ranges inside it, and combines with later parts of the same strong `ETag` (§3.4) until
+    /// the whole object is stored (for large objects: video, downloads).
+    Forward,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,7 +11,9 @@ mod mirror;
 pub mod rules;
 pub(crate) mod values;
 
-pub use cache::{Cache, ClientCacheControl, MacKey, Memcached, Memory, Tags, MAX_CHUNKS};
+pub use cache::{
+    Cache, ClientCacheControl, MacKey, Memcached, Memory, RangeMisses, Tags, MAX_CHUNKS,
+};
 pub use edge::{Listener, PurgeToken};
 pub use mirror::{Compare, MirrorLimits, MirrorLog, RouteMirror};
 pub use values::{parse_duration, parse_size, Cidr};

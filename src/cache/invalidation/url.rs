@@ -24,7 +24,8 @@ pub async fn purge(tiered: &'static Tiered, key: &CacheKey, soft: bool) -> Resul
     }
     let span = Span::inactive().handle();
     let now = SystemTime::now();
-    let mut found = false;
+    // A stored partial is never revalidated: a soft purge retires it as a hard one does.
+    let mut found = tiered.forget_partial(key).await;
     if let Some(l1) = tiered.l1 {
         if let Some(e) = l1.entry(key) {
             let (mut meta, _) = MemoryStore::hit(&e);
