@@ -331,10 +331,22 @@ impl ProxyHttp for Proxy {
             );
         }
         // A range held by a stored partial is answered from it, dressed as any response.
-        if let Some(hit) = self.cache.partial_lookup(session, &mut ctx.cache).await {
+        let bypass = ctx.rules.bypass();
+        if let Some(hit) = self
+            .cache
+            .partial_lookup(session, &mut ctx.cache, bypass)
+            .await
+        {
             let mut resp = hit.header();
             self.response_filter(session, &mut resp, ctx).await?;
-            self.cache.serve_partial(session, hit, resp).await?;
+            let fork = &mut ctx.mirror;
+            let on_body = |b: &Bytes| {
+                fork.iter_mut()
+                    .for_each(|f| f.response_body(&Some(b.clone())))
+            };
+            self.cache
+                .serve_partial(session, hit, resp, on_body)
+                .await?;
             return Ok(false);
         }
         self.cache.before_upstream(session, &mut ctx.cache).await

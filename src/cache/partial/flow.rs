@@ -121,8 +121,14 @@ impl Cache {
 
     /// `proxy_upstream_filter`: on a miss of the full object, the stored partial that answers
     /// this single-range GET (fresh, not purged, satisfying the client's own directives and
-    /// wholly holding the range), or `None`; then the range goes to the origin.
-    pub async fn partial_lookup(&self, session: &Session, cx: &mut CacheCtx) -> Option<Hit> {
+    /// wholly holding the range), or `None`; then the range goes to the origin. `bypass` (a
+    /// rule's): nothing stored answers, but the origin's part is still kept.
+    pub async fn partial_lookup(
+        &self,
+        session: &Session,
+        cx: &mut CacheCtx,
+        bypass: bool,
+    ) -> Option<Hit> {
         if !self.forwarding(session, cx) {
             return None;
         }
@@ -132,6 +138,9 @@ impl Cache {
         let if_range = req.headers.get(http::header::IF_RANGE).cloned();
         cx.partial.forward = Some((range, if_range));
         cx.partial.key = Some(key.clone());
+        if bypass {
+            return None;
+        }
         let pkey = super::key_of(key);
         let (meta, hit) = self.storage.peek(&pkey).await.ok().flatten()?;
         cx.partial.had = true;
@@ -163,12 +172,14 @@ impl Cache {
         })
     }
 
-    /// Sends `header` (from [`Hit::header`], through `response_filter`) and the span's bytes.
+    /// Sends `header` (from [`Hit::header`], through `response_filter`) and the span's bytes,
+    /// each also shown to `on_body` (what `response_body_filter` would see).
     pub async fn serve_partial(
         &self,
         session: &mut Session,
         found: Hit,
         header: ResponseHeader,
+        mut on_body: impl FnMut(&Bytes),
     ) -> Result<()> {
         if let Some(full) = session.cache.maybe_cache_key() {
             // The fleet lease this miss may have won: no fill of the full object follows.
@@ -203,10 +214,10 @@ impl Cache {
             let lo = from.saturating_sub(start).min(n) as usize;
             let hi = to.saturating_sub(start).min(n) as usize;
             if lo < hi {
-                metrics::CACHE_SERVED_BYTES.inc_by((hi - lo) as u64);
-                session
-                    .write_response_body(Some(chunk.slice(lo..hi)), false)
-                    .await?;
+                let out = chunk.slice(lo..hi);
+                metrics::CACHE_SERVED_BYTES.inc_by(out.len() as u64);
+                on_body(&out);
+                session.write_response_body(Some(out), false).await?;
             }
         }
         if pos < to {
