@@ -1076,6 +1076,27 @@ async fn a_stored_partial_answers_ranges_inside_it_and_nothing_else() {
         4.0
     );
 
+    // If-Range with the stored strong ETag is answered from the part; any other validator,
+    // and conditions a part cannot evaluate, go to the origin with the range.
+    let hit = [("Range", "bytes=16-18"), ("If-Range", "\"v1\"")];
+    let r = shellac.request("GET", "/p", &hit).await;
+    assert_eq!((r.status, r.text().as_str()), (206, "qrs"));
+    assert_eq!(origin.count(), 1);
+    for cond in [("If-Range", "\"v0\""), ("If-None-Match", "\"v0\"")] {
+        let r = shellac
+            .request("GET", "/p", &[("Range", "bytes=16-18"), cond])
+            .await;
+        assert_eq!(r.status, 206, "{cond:?}");
+        assert!(
+            status_of(&r).starts_with("shellac; fwd=partial"),
+            "{cond:?}: {}",
+            status_of(&r)
+        );
+    }
+    assert_eq!(origin.count(), 3);
+    assert_eq!(origin.requests()[1].header("if-range"), Some("\"v0\""));
+    assert_eq!(origin.requests()[2].header("range"), Some("bytes=16-18"));
+
     // A HEAD never gets a part (Range is for GET only): the origin is asked for the whole.
     let r = shellac
         .request("HEAD", "/p", &[("Range", "bytes=16-18")])
@@ -1085,8 +1106,8 @@ async fn a_stored_partial_answers_ranges_inside_it_and_nothing_else() {
         "shellac; fwd=miss; fwd-status=200; stored",
         "HEAD is filled as a whole GET"
     );
-    assert_eq!(origin.count(), 2);
-    assert_eq!(origin.requests()[1].header("range"), None);
+    assert_eq!(origin.count(), 4);
+    assert_eq!(origin.requests()[3].header("range"), None);
 
     // A range the part does not hold goes to the origin, as does a request without Range.
     let origin2 = Origin::start(ranged(BODY20, |_| "\"v1\"".into())).await;
