@@ -957,6 +957,9 @@ async fn stale_stands_in_for_an_unreachable_origin_but_not_for_its_5xx() {
         "{}",
         status_of(&r)
     );
+    // Pingora closes the client connection after a stale copy stood in for a failed exchange;
+    // the response must say so, or a keep-alive client's next request meets a dead socket.
+    assert_eq!(r.header("connection"), Some("close"));
     let r = shellac.get("/mr").await;
     assert_eq!(
         r.status, 502,
