@@ -792,7 +792,7 @@ async fn an_age_near_two_to_the_63_neither_panics_nor_stops_later_hits() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cdn_cache_control_governs_this_cache_and_stops_here() {
+async fn cdn_cache_control_governs_this_cache_and_is_forwarded() {
     // Browsers are told not to store; this cache is told one minute (RFC 9213).
     let origin = Origin::start(|req| {
         Reply::ok(format!("body of {}", req.target))
@@ -812,21 +812,38 @@ async fn cdn_cache_control_governs_this_cache_and_stops_here() {
     );
     assert_eq!(
         r.header("cdn-cache-control"),
-        None,
-        "targeted fields stop here"
+        Some("max-age=60"),
+        "for the CDNs in front of this one (RFC 9213 §3)"
     );
+    // With forward_targeted_fields off they stop here.
+    let config = cached(&origin).set("cache.forward_targeted_fields", false);
+    let shellac = Shellac::start(&config.yaml()).await;
+    let r = shellac.get("/t").await;
+    assert_eq!(r.header("cdn-cache-control"), None);
 
-    // An invalid targeted field is ignored as a whole: Cache-Control decides.
-    let origin = Origin::start(|_| {
-        Reply::ok("x")
-            .header("Cache-Control", "no-store")
-            .header("CDN-Cache-Control", "Max-Age=60")
-    })
-    .await;
-    let shellac = Shellac::start(&cached(&origin).yaml()).await;
-    shellac.get("/i").await;
-    shellac.get("/i").await;
-    assert_eq!(origin.count(), 2);
+    // An invalid targeted field is ignored as a whole: Cache-Control decides. A delta-seconds
+    // directive must be an Integer, so a quoted or decimal max-age makes the field invalid.
+    for (i, bad) in ["Max-Age=60", "max-age=\"60\"", "max-age=60.0"]
+        .into_iter()
+        .enumerate()
+    {
+        let origin = Origin::start(move |_| {
+            Reply::ok("x")
+                .header("Cache-Control", "no-store")
+                .header("CDN-Cache-Control", bad)
+        })
+        .await;
+        let shellac = Shellac::start(&cached(&origin).yaml()).await;
+        let path = format!("/i{i}");
+        shellac.get(&path).await;
+        let r = shellac.get(&path).await;
+        assert_eq!(origin.count(), 2, "{bad}: not stored");
+        assert!(
+            status_of(&r).contains("no-store"),
+            "{bad}: {}",
+            status_of(&r)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -54,6 +54,21 @@ fn targeted_cache_control_rfc_9213() {
             ],
             Ok(60),
         ),
+        // §2.1: delta-seconds must be Integers; a wrongly typed member invalidates the field.
+        (
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "max-age=\"10000\""),
+            ],
+            Err("no-store"),
+        ),
+        (
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "max-age=10000, &&&&&"),
+            ],
+            Err("no-store"),
+        ),
     ];
     for (rs, want) in table {
         assert_eq!(with_targeted(rs), *want, "{rs:?}");
