@@ -923,6 +923,26 @@ async fn if_modified_since_is_answered_from_the_stored_date() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn whitespace_around_list_members_selects_no_variant() {
+    let origin = Origin::start(|req| {
+        Reply::ok(format!("foo={}", req.header("foo").unwrap_or("none")))
+            .header("Cache-Control", "max-age=60")
+            .header("Vary", "Foo")
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
+    shellac.request("GET", "/w", &[("Foo", "1,2")]).await;
+    for same in [&[("Foo", " 1 , 2 ")][..], &[("Foo", "1"), ("Foo", "2")]] {
+        let r = shellac.request("GET", "/w", same).await;
+        assert!(status_of(&r).contains("hit"), "{same:?}: {}", status_of(&r));
+    }
+    assert_eq!(origin.count(), 1, "one variant");
+    let r = shellac.request("GET", "/w", &[("Foo", "1 2")]).await;
+    assert!(status_of(&r).contains("miss"), "{}", status_of(&r));
+    assert_eq!(origin.count(), 2, "inner spacing still selects");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn expires_in_rfc_850_and_asctime_forms() {
     for (i, expires) in [
         "Sunday, 06-Nov-44 08:49:37 GMT",
