@@ -363,8 +363,15 @@ impl ProxyHttp for Proxy {
 
     fn should_serve_stale(&self, s: &mut Session, ctx: &mut Ctx, error: Option<&Error>) -> bool {
         let by_rules = error.and_then(|_| self.rules.stored_stale(s, ctx.route, &ctx.rules));
-        self.cache
-            .may_serve_stale(s, &mut ctx.cache, error, by_rules)
+        let serve = self
+            .cache
+            .may_serve_stale(s, &mut ctx.cache, error, by_rules);
+        // A stale copy standing in for a failed exchange (not a 5xx answer) is written on a
+        // connection Pingora then closes: say so, or a client reusing it meets a dead socket.
+        if serve && error.is_some_and(|e| !matches!(e.etype(), ErrorType::HTTPStatus(_))) {
+            s.set_keepalive(None);
+        }
+        serve
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

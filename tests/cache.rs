@@ -390,6 +390,8 @@ async fn unsafe_methods_invalidate_the_uri_and_its_location() {
     let origin = Origin::start(|req| match req.method.as_str() {
         "POST" => Reply::new(201, "made").header("Location", "/items/7"),
         "DELETE" => Reply::new(500, "failed"),
+        "M-SEARCH" => Reply::ok("found"),
+        "FROB" => Reply::new(501, "unknown"),
         _ => Reply::ok("item").header("Cache-Control", "max-age=60"),
     })
     .await;
@@ -415,6 +417,15 @@ async fn unsafe_methods_invalidate_the_uri_and_its_location() {
     shellac.request("DELETE", "/items/7", &[]).await;
     shellac.get("/items/7").await;
     assert_eq!(origin.count_path("/items/7"), 3, "(2 GETs + the DELETE)");
+    // An extension method's safety is unknown, so its success invalidates too (§4.4)...
+    shellac.request("M-SEARCH", "/items", &[]).await;
+    shellac.get("/items").await;
+    shellac.get("/items").await;
+    assert_eq!(origin.count_path("/items"), 5, "M-SEARCH, then one refill");
+    // ...and its error does not.
+    assert_eq!(shellac.request("FROB", "/items", &[]).await.status, 501);
+    assert!(status_of(&shellac.get("/items").await).contains("hit"));
+    assert_eq!(origin.count_path("/items"), 6, "(the FROB only)");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -792,7 +803,7 @@ async fn an_age_near_two_to_the_63_neither_panics_nor_stops_later_hits() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cdn_cache_control_governs_this_cache_and_stops_here() {
+async fn cdn_cache_control_governs_this_cache_and_is_forwarded() {
     // Browsers are told not to store; this cache is told one minute (RFC 9213).
     let origin = Origin::start(|req| {
         Reply::ok(format!("body of {}", req.target))
@@ -812,21 +823,38 @@ async fn cdn_cache_control_governs_this_cache_and_stops_here() {
     );
     assert_eq!(
         r.header("cdn-cache-control"),
-        None,
-        "targeted fields stop here"
+        Some("max-age=60"),
+        "for the CDNs in front of this one (RFC 9213 §3)"
     );
+    // With forward_targeted_fields off they stop here.
+    let config = cached(&origin).set("cache.forward_targeted_fields", false);
+    let shellac = Shellac::start(&config.yaml()).await;
+    let r = shellac.get("/t").await;
+    assert_eq!(r.header("cdn-cache-control"), None);
 
-    // An invalid targeted field is ignored as a whole: Cache-Control decides.
-    let origin = Origin::start(|_| {
-        Reply::ok("x")
-            .header("Cache-Control", "no-store")
-            .header("CDN-Cache-Control", "Max-Age=60")
-    })
-    .await;
-    let shellac = Shellac::start(&cached(&origin).yaml()).await;
-    shellac.get("/i").await;
-    shellac.get("/i").await;
-    assert_eq!(origin.count(), 2);
+    // An invalid targeted field is ignored as a whole: Cache-Control decides. A delta-seconds
+    // directive must be an Integer, so a quoted or decimal max-age makes the field invalid.
+    for (i, bad) in ["Max-Age=60", "max-age=\"60\"", "max-age=60.0"]
+        .into_iter()
+        .enumerate()
+    {
+        let origin = Origin::start(move |_| {
+            Reply::ok("x")
+                .header("Cache-Control", "no-store")
+                .header("CDN-Cache-Control", bad)
+        })
+        .await;
+        let shellac = Shellac::start(&cached(&origin).yaml()).await;
+        let path = format!("/i{i}");
+        shellac.get(&path).await;
+        let r = shellac.get(&path).await;
+        assert_eq!(origin.count(), 2, "{bad}: not stored");
+        assert!(
+            status_of(&r).contains("no-store"),
+            "{bad}: {}",
+            status_of(&r)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -895,11 +923,32 @@ async fn if_modified_since_is_answered_from_the_stored_date() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn whitespace_around_list_members_selects_no_variant() {
+    let origin = Origin::start(|req| {
+        Reply::ok(format!("foo={}", req.header("foo").unwrap_or("none")))
+            .header("Cache-Control", "max-age=60")
+            .header("Vary", "Foo")
+    })
+    .await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
+    shellac.request("GET", "/w", &[("Foo", "1,2")]).await;
+    for same in [&[("Foo", " 1 , 2 ")][..], &[("Foo", "1"), ("Foo", "2")]] {
+        let r = shellac.request("GET", "/w", same).await;
+        assert!(status_of(&r).contains("hit"), "{same:?}: {}", status_of(&r));
+    }
+    assert_eq!(origin.count(), 1, "one variant");
+    let r = shellac.request("GET", "/w", &[("Foo", "1 2")]).await;
+    assert!(status_of(&r).contains("miss"), "{}", status_of(&r));
+    assert_eq!(origin.count(), 2, "inner spacing still selects");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn expires_in_rfc_850_and_asctime_forms() {
     for (i, expires) in [
         "Sunday, 06-Nov-44 08:49:37 GMT",
         "Sun Nov  6 08:49:37 2044",
         "sun, 06 nov 2044 08:49:37 GMT",
+        "Thu Nov  6 08:49:37 2044", // a wrong day name: the date still says which day
     ]
     .into_iter()
     .enumerate()
@@ -957,6 +1006,9 @@ async fn stale_stands_in_for_an_unreachable_origin_but_not_for_its_5xx() {
         "{}",
         status_of(&r)
     );
+    // Pingora closes the client connection after a stale copy stood in for a failed exchange;
+    // the response must say so, or a keep-alive client's next request meets a dead socket.
+    assert_eq!(r.header("connection"), Some("close"));
     let r = shellac.get("/mr").await;
     assert_eq!(
         r.status, 502,

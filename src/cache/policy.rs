@@ -343,7 +343,35 @@ pub fn parse_http_date(v: &str) -> Option<SystemTime> {
         Some(s) => format!("{s}GMT"),
         None => canon,
     };
-    httpdate::parse_http_date(&canon).ok()
+    httpdate::parse_http_date(&canon)
+        .ok()
+        .or_else(|| with_right_day_name(&canon))
+}
+
+/// `v` parsed with its day name replaced: the name is redundant (the date fixes the day) and
+/// §5.6.7 asks recipients to be lenient, so `Thu Aug  8 … 2050` (a Monday) is still that date.
+/// Everything else about the format must already be right.
+fn with_right_day_name(v: &str) -> Option<SystemTime> {
+    const SHORT: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const LONG: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let end = v.find(|c: char| !c.is_ascii_alphabetic())?;
+    let (day, rest) = v.split_at(end);
+    let names = match day.len() {
+        3 => SHORT,
+        6..=9 => LONG,
+        _ => return None,
+    };
+    names
+        .iter()
+        .find_map(|d| httpdate::parse_http_date(&format!("{d}{rest}")).ok())
 }
 
 /// What the request's own directives (§5.2.1) do to a stored response: `ForceExpired` makes

@@ -5,8 +5,11 @@ use pingora::cache::VarianceBuilder;
 use pingora::http::RequestHeader;
 
 /// The variance key for `req` under the stored response's `Vary`, or `None` without Vary.
-/// Field values are combined across lines and stripped of surrounding whitespace, the
-/// normalisation §4.1 allows. Fields in `normalize` are lists whose member order, case and
+/// Field values are combined across lines (RFC 9110 §5.3) and the whitespace around each
+/// comma-separated member is removed (outside quoted strings), the normalisation §4.1 allows:
+/// combining lines already reads the field as a list, and a list's optional whitespace
+/// carries no meaning (RFC 9110 §5.6.1), so `1,2`, ` 1, 2 ` and two lines `1` and `2` select
+/// one variant. Fields in `normalize` are lists whose member order, case and
 /// spacing carry no meaning (`Accept-Encoding`, `Accept-Language`: preference is in q-values):
 /// their members are also sorted and lower-cased, so equivalent requests share a variant.
 /// Other fields are not reordered: that could merge variants the origin distinguishes.
@@ -26,9 +29,9 @@ pub fn variance(
             let mut joined = Vec::new();
             for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
                 if i > 0 {
-                    joined.extend_from_slice(b", ");
+                    joined.push(b',');
                 }
-                joined.extend_from_slice(v.as_bytes().trim_ascii());
+                joined.extend_from_slice(&trimmed_members(v.as_bytes()));
             }
             if normalize.iter().any(|n| n.as_str() == name) {
                 joined = normalized_list(&joined);
@@ -37,6 +40,40 @@ pub fn variance(
         }
     }
     vb.finalize()
+}
+
+/// `v` with the whitespace around every comma outside a quoted string, and at both ends,
+/// removed; members keep their order, case and inner spacing.
+fn trimmed_members(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut member = Vec::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in v {
+        if quoted {
+            member.push(b);
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b',' => {
+                out.extend_from_slice(member.trim_ascii());
+                out.push(b',');
+                member.clear();
+            }
+            b'"' => {
+                quoted = true;
+                member.push(b);
+            }
+            _ => member.push(b),
+        }
+    }
+    out.extend_from_slice(member.trim_ascii());
+    out
 }
 
 /// List members trimmed, lower-cased, without spaces around `;` and `=`, sorted, deduplicated.
@@ -103,6 +140,16 @@ mod tests {
             v(&[("Accept-Encoding", "br, gzip ; q=0.5")])
         );
         assert_ne!(v(&[("X-Lang", "a, b")]), v(&[("X-Lang", "b, a")]));
+        // Any field: whitespace around members and line breaks do not select a variant...
+        assert_eq!(v(&[("X-Lang", "1,2")]), v(&[("X-Lang", " 1 ,  2 ")]));
+        assert_eq!(
+            v(&[("X-Lang", "1, 2")]),
+            v(&[("X-Lang", "1"), ("X-Lang", "2")])
+        );
+        // ...but case, inner spacing and quoted strings do.
+        assert_ne!(v(&[("X-Lang", "a b")]), v(&[("X-Lang", "ab")]));
+        assert_ne!(v(&[("X-Lang", "A")]), v(&[("X-Lang", "a")]));
+        assert_ne!(v(&[("X-Lang", "\"x, y\"")]), v(&[("X-Lang", "\"x,y\"")]));
         assert_ne!(
             v(&[("Accept-Encoding", "gzip")]),
             v(&[("Accept-Encoding", "br")])

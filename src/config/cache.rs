@@ -38,16 +38,18 @@ pub struct Cache {
     /// cache's decisions. Put `shellac-cache-control` first for a field only Shellac obeys.
     #[serde(default = "targeted", deserialize_with = "values::header_names")]
     pub targeted_fields: Vec<http::HeaderName>,
-    /// Send targeted fields on to clients (they are for caches, so by default they stop here).
-    #[serde(default)]
+    /// Send targeted fields on to clients. On by default: `CDN-Cache-Control` speaks to every
+    /// CDN on the path (RFC 9213 §3), including any in front of this one, and is not
+    /// hop-by-hop. Off, they stop here.
+    #[serde(default = "yes")]
     pub forward_targeted_fields: bool,
     /// Request fields whose list members are normalised (order, case, whitespace) before Vary
     /// matching, so equivalent requests share a variant.
     #[serde(default = "vary_normalize", deserialize_with = "values::header_names")]
     pub vary_normalize: Vec<http::HeaderName>,
     /// Methods whose successful responses invalidate the stored target URI (RFC 9111 §4.4).
-    /// Exact, case-sensitive names (RFC 9110 §9.1): `post` or an unknown extension method
-    /// invalidates nothing unless listed.
+    /// `"*"` (the default) is every method not known to be safe, extension methods included,
+    /// as §4.4 requires; otherwise exact, case-sensitive names (RFC 9110 §9.1).
     #[serde(default = "unsafe_methods")]
     pub invalidate_on: Vec<String>,
     /// Surrogate keys: the origin's tags on a response, for purging by tag.
@@ -89,14 +91,16 @@ impl Default for Tags {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn surrogate_key() -> String {
     "Surrogate-Key".into()
 }
 
 fn unsafe_methods() -> Vec<String> {
-    ["POST", "PUT", "DELETE", "PATCH"]
-        .map(String::from)
-        .to_vec()
+    vec!["*".into()]
 }
 
 /// `routes[].client_cache_control`.
@@ -240,6 +244,9 @@ impl Cache {
         }
         for (i, m) in c.invalidate_on.iter().enumerate() {
             let p = format!("cache.invalidate_on[{i}]");
+            if m == "*" {
+                continue;
+            }
             if http::Method::from_bytes(m.as_bytes()).is_err() {
                 return err(p, format!("{m:?} is not a method name"));
             }

@@ -54,6 +54,21 @@ fn targeted_cache_control_rfc_9213() {
             ],
             Ok(60),
         ),
+        // §2.1: delta-seconds must be Integers; a wrongly typed member invalidates the field.
+        (
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "max-age=\"10000\""),
+            ],
+            Err("no-store"),
+        ),
+        (
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "max-age=10000, &&&&&"),
+            ],
+            Err("no-store"),
+        ),
     ];
     for (rs, want) in table {
         assert_eq!(with_targeted(rs), *want, "{rs:?}");
@@ -99,6 +114,10 @@ fn expires_in_all_three_formats_section_5_3() {
         "tuesday, 14-nov-23 22:15:00 GMT",
         "Tue Nov 14 22:15:00 2023",
         "TUE NOV 14 22:15:00 2023",
+        // A wrong day name does not change the date it names (the name is redundant).
+        "Fri, 14 Nov 2023 22:15:00 GMT",
+        "Sunday, 14-Nov-23 22:15:00 GMT",
+        "Thu Nov 14 22:15:00 2023",
     ] {
         assert_eq!(
             ttl(&[], 200, &[("Date", &date(NOW)), ("Expires", expires)]),
@@ -106,7 +125,16 @@ fn expires_in_all_three_formats_section_5_3() {
             "{expires}"
         );
     }
-    for invalid in ["0", "Tue, 14 Nov 2023 22:15:00 UTC", "yesterday"] {
+    for invalid in [
+        "0",
+        "Tue, 14 Nov 2023 22:15:00 UTC",
+        "yesterday",
+        // Day-name leniency fixes nothing else: no comma, a two-digit year, a one-digit hour.
+        "Fri 14 Nov 2023 22:15:00 GMT",
+        "Fri, 14 Nov 23 22:15:00 GMT",
+        "Fri, 14 Nov 2023 2:15:00 GMT",
+        "Frid, 14 Nov 2023 22:15:00 GMT",
+    ] {
         assert_eq!(
             ttl(
                 &[],

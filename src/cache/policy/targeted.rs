@@ -26,7 +26,9 @@ pub fn response_cc(resp: &ResponseHeader, targeted: &[http::HeaderName]) -> Opti
 
 /// Whether `v` parses as an RFC 8941 Dictionary of the shapes cache directives take: members
 /// `key` or `key=value`, where key is `lcalpha *( lcalpha / DIGIT / "_" / "-" / "." / "*" )`
-/// and value an integer, a token or a quoted string; parameters (`;x=y`) are accepted.
+/// and value an integer, a token or a quoted string; parameters (`;x=y`) are accepted. The
+/// delta-seconds directives must be Integers (RFC 9213 §2.1): `max-age="60"` or `max-age=1.5`
+/// is a wrongly typed member, and so an invalid field.
 pub fn valid_dictionary(v: &[u8]) -> bool {
     let Ok(s) = std::str::from_utf8(v) else {
         return false;
@@ -74,7 +76,25 @@ fn member(m: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
         && kb.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
-    key_ok && value.is_none_or(valid_value)
+    let typed = match value {
+        Some(v) if DELTA_SECONDS.contains(&key) => integer(v),
+        _ => true,
+    };
+    key_ok && typed && value.is_none_or(valid_value)
+}
+
+/// Directives whose value is delta-seconds (RFC 9111 §1.2.2), an Integer in a targeted field.
+const DELTA_SECONDS: [&str; 4] = [
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+/// An RFC 8941 §3.3.1 Integer: an optional `-` and 1 to 15 digits.
+fn integer(v: &str) -> bool {
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn valid_value(v: &str) -> bool {
@@ -115,6 +135,10 @@ mod tests {
             "max-age=60,,",
             "=5",
             "max age=1",
+            "max-age=\"60\"",
+            "max-age=1.5",
+            "s-maxage=x",
+            "stale-if-error=9999999999999999",
         ] {
             assert!(!valid_dictionary(bad.as_bytes()), "{bad}");
         }
