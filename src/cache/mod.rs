@@ -166,15 +166,11 @@ impl Cache {
                 inv,
                 allow: admin.purge_allow.clone(),
                 token: admin.purge_token.clone(),
-                invalidate_on: policy::invalidate::InvalidateOn {
-                    unsafe_methods: conf.invalidate_on.iter().any(|m| m == "*"),
-                    listed: conf
-                        .invalidate_on
-                        .iter()
-                        .filter(|m| *m != "*")
-                        .map(|m| http::Method::from_bytes(m.as_bytes()).expect("validated"))
-                        .collect(),
-                },
+                invalidate_on: conf
+                    .invalidate_on
+                    .iter()
+                    .map(|m| http::Method::from_bytes(m.as_bytes()).expect("validated"))
+                    .collect(),
                 fleet_budget: conf
                     .memcached
                     .as_ref()

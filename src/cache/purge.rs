@@ -30,7 +30,7 @@ pub struct Purger {
     pub(super) inv: &'static super::invalidation::Invalidator,
     pub(super) allow: Vec<Cidr>,
     pub(super) token: Option<PurgeToken>,
-    pub(super) invalidate_on: super::policy::invalidate::InvalidateOn,
+    pub(super) invalidate_on: Vec<http::Method>,
     /// Fleet-wide invalidations left this second; `None` without a shared tier.
     pub(super) fleet_budget: Option<Bucket>,
 }

@@ -48,8 +48,8 @@ pub struct Cache {
     #[serde(default = "vary_normalize", deserialize_with = "values::header_names")]
     pub vary_normalize: Vec<http::HeaderName>,
     /// Methods whose successful responses invalidate the stored target URI (RFC 9111 §4.4).
-    /// `"*"` (the default) is every method not known to be safe, extension methods included,
-    /// as §4.4 requires; otherwise exact, case-sensitive names (RFC 9110 §9.1).
+    /// Exact, case-sensitive names (RFC 9110 §9.1): `post` or an unknown extension method
+    /// invalidates nothing unless listed.
     #[serde(default = "unsafe_methods")]
     pub invalidate_on: Vec<String>,
     /// Surrogate keys: the origin's tags on a response, for purging by tag.
@@ -100,7 +100,9 @@ fn surrogate_key() -> String {
 }
 
 fn unsafe_methods() -> Vec<String> {
-    vec!["*".into()]
+    ["POST", "PUT", "DELETE", "PATCH"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// `routes[].client_cache_control`.
@@ -244,9 +246,6 @@ impl Cache {
         }
         for (i, m) in c.invalidate_on.iter().enumerate() {
             let p = format!("cache.invalidate_on[{i}]");
-            if m == "*" {
-                continue;
-            }
             if http::Method::from_bytes(m.as_bytes()).is_err() {
                 return err(p, format!("{m:?} is not a method name"));
             }

@@ -1,31 +1,12 @@
 //! Invalidation by unsafe methods (RFC 9111 §4.4): which responses invalidate, and which
 //! URIs they invalidate.
 
-/// Which request methods invalidate (`cache.invalidate_on`).
-#[derive(Debug, Clone, Default)]
-pub struct InvalidateOn {
-    /// `"*"`: every method not known to be safe, extension methods included (§4.4 "including
-    /// methods whose safety is unknown").
-    pub unsafe_methods: bool,
-    /// Methods named exactly (case-sensitive, RFC 9110 §9.1).
-    pub listed: Vec<http::Method>,
-}
-
 /// §4.4: whether a response invalidates stored responses for the target URI: a non-error
-/// (2xx, 3xx) answer to a method of `on`. Method names are case-sensitive (RFC 9110 §9.1):
-/// `post` is an extension method, unsafe until known otherwise.
-pub fn invalidates(method: &http::Method, status: u16, on: &InvalidateOn) -> bool {
-    let chosen = on.listed.contains(method) || (on.unsafe_methods && !is_safe(method));
-    chosen && (200..400).contains(&status)
-}
-
-/// Methods defined as safe (RFC 9110 §9.2.1), with the registered safe WebDAV and QUERY
-/// methods; every other method's safety is unknown, so it is treated as unsafe.
-pub fn is_safe(method: &http::Method) -> bool {
-    matches!(
-        method.as_str(),
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PROPFIND" | "REPORT" | "SEARCH" | "QUERY"
-    )
+/// answer to one of `on` (`cache.invalidate_on`). The comparison is exact: methods are
+/// case-sensitive (RFC 9110 §9.1), so `post` and unknown extension methods, which anyone can
+/// send and an origin may answer 200, invalidate nothing unless listed.
+pub fn invalidates(method: &http::Method, status: u16, on: &[http::Method]) -> bool {
+    on.contains(method) && (200..400).contains(&status)
 }
 
 /// The path of a `Location`/`Content-Location` value if it points at the same origin: a
