@@ -38,10 +38,9 @@ pub struct Cache {
     /// cache's decisions. Put `shellac-cache-control` first for a field only Shellac obeys.
     #[serde(default = "targeted", deserialize_with = "values::header_names")]
     pub targeted_fields: Vec<http::HeaderName>,
-    /// Send targeted fields on to clients. On by default: `CDN-Cache-Control` speaks to every
-    /// CDN on the path (RFC 9213 §3), including any in front of this one, and is not
-    /// hop-by-hop. Off, they stop here.
-    #[serde(default = "yes")]
+    /// Send targeted fields on to clients (they steer this cache, so by default they stop here;
+    /// on for a CDN in front that should obey `CDN-Cache-Control` too, RFC 9213 §3).
+    #[serde(default)]
     pub forward_targeted_fields: bool,
     /// Request fields whose list members are normalised (order, case, whitespace) before Vary
     /// matching, so equivalent requests share a variant.
@@ -89,10 +88,6 @@ impl Default for Tags {
     fn default() -> Self {
         serde_yaml::from_str("{}").expect("every tags key has a default")
     }
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn surrogate_key() -> String {
