@@ -10,7 +10,7 @@
 use super::io::McError;
 use super::seal::Kind;
 use super::MemcachedStorage;
-use memcache::exp::{Meta, MutationStatus, Ttl};
+use memcache::exp::{GetResult, Meta, MutationStatus, Ttl};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A lease released without a fill: waiters go to the origin themselves.
@@ -32,7 +32,7 @@ impl MemcachedStorage {
         format!("{}:l:{combined}", self.settings.namespace)
     }
 
-    fn marker_key(&self, primary: &str) -> String {
+    pub(super) fn marker_key(&self, primary: &str) -> String {
         format!("{}:p:{primary}", self.settings.namespace)
     }
 
@@ -144,19 +144,25 @@ impl MemcachedStorage {
         let r = self
             .exchange("purge_marker", &[&key], fut, |_| vec![])
             .await?;
+        Ok(self.decode_marker_reply(key, r))
+    }
+
+    pub(super) fn decode_marker_reply(
+        &'static self,
+        key: String,
+        r: GetResult,
+    ) -> Option<SystemTime> {
         let (hit, cas) = (r.hit(), r.item.cas);
-        let Some(v) = r.value.filter(|_| hit) else {
-            return Ok(None);
-        };
+        let v = r.value.filter(|_| hit)?;
         // A forged marker could retire every entry of a URL at will: it counts as none.
         let Ok(v) = self.seal.open(Kind::PurgeMarker, &key, v) else {
             self.delete_later(key, cas);
-            return Ok(None);
+            return None;
         };
         let millis = std::str::from_utf8(&v)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok());
-        Ok(millis.map(|m| UNIX_EPOCH + Duration::from_millis(m)))
+        millis.map(|m| UNIX_EPOCH + Duration::from_millis(m))
     }
 }
 

@@ -7,10 +7,16 @@ use super::seal::Kind;
 use super::MemcachedStorage;
 use crate::metrics;
 use bytes::Bytes;
-use memcache::exp::{AsyncMetaClient, Get, Meta, MutationStatus, Ttl};
+use memcache::exp::{AsyncMetaClient, Get, GetResult, Meta, MutationStatus, Ttl};
 use pingora::{Error, ErrorType};
 use std::future::Future;
 use std::time::Instant;
+use std::time::SystemTime;
+
+/// A head read: the decoded head and its CAS, `None` when absent.
+pub(super) type HeadRead = std::result::Result<Option<(Head, u64)>, McError>;
+/// A purge marker read: when the URL was last purged, `None` when never.
+pub(super) type MarkerRead = std::result::Result<Option<SystemTime>, McError>;
 
 /// Why a memcached operation failed (internal; surfaces to Pingora as an `InternalError`).
 #[derive(Debug)]
@@ -250,6 +256,50 @@ impl MemcachedStorage {
         let client = self.client().await?;
         let fut = client.get(&key).meta(Meta::NONE.cas()).send();
         let r = self.exchange("get_head", &[&key], fut, |_| vec![]).await?;
+        self.decode_head_reply(key, r)
+    }
+
+    /// A head and its URL's purge marker in one exchange when one server holds both (one round
+    /// trip instead of two on every lookup); `None` when they live on different servers, where
+    /// one exchange would make either server's breaker refuse both reads.
+    pub(super) async fn read_head_and_marker(
+        &'static self,
+        hex: &str,
+        primary: &str,
+    ) -> Option<std::result::Result<(HeadRead, MarkerRead), McError>> {
+        let (head_key, marker_key) = (self.head_key(hex), self.marker_key(primary));
+        if self.server_of(&head_key) != self.server_of(&marker_key) {
+            return None;
+        }
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let ops = [&head_key, &marker_key].map(|k| Get::new(k).meta(Meta::NONE.cas()));
+        let keys = [head_key.as_str(), marker_key.as_str()];
+        let fut = client.run_many(ops);
+        let results = match self
+            .exchange("get_head", &keys, fut, |r| Self::batch_outcome(r))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut results = results.into_iter();
+        let (Some(head), Some(marker)) = (results.next(), results.next()) else {
+            return Some(Err(McError::Invalid("memcached batch answered short")));
+        };
+        let head = match head {
+            Ok(r) => self.decode_head_reply(head_key, r),
+            Err(e) => return Some(Err(McError::Client(e))),
+        };
+        let marker = marker
+            .map_err(McError::Client)
+            .map(|r| self.decode_marker_reply(marker_key, r));
+        Some(Ok((head, marker)))
+    }
+
+    fn decode_head_reply(&'static self, key: String, r: GetResult) -> HeadRead {
         // An empty value is a lease placeholder, not an entry.
         let value = match r.value {
             Some(v) if r.hit() && !v.is_empty() => v,

@@ -187,7 +187,13 @@ impl Storage for MemcachedStorage {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hex = key.combined();
-        let (head, cas) = match self.read_head(&hex).await {
+        let primary = key.primary();
+        let (read, marker) = match self.read_head_and_marker(&hex, &primary).await {
+            Some(Ok((head, marker))) => (head, Some(marker)),
+            Some(Err(e)) => (Err(e), None),
+            None => (self.read_head(&hex).await, None),
+        };
+        let (head, cas) = match read {
             Ok(Some(h)) => h,
             Ok(None) => {
                 count_lookup("miss");
@@ -221,12 +227,15 @@ impl Storage for MemcachedStorage {
         // Every head is checked against its URL's purge marker, which retires every copy
         // created before it: Vary variants (a purge cannot list their keys) and fills that were
         // in flight during the purge. Unknown (memcached could not say) serves the copy, as the
-        // memory tier does. The marker and the chunk check go out together: two round trips.
-        let primary = key.primary();
-        let (purged, chunks) = tokio::join!(
-            self.purge_marker(&primary),
-            self.check_chunks(&hex, &head, None)
-        );
+        // memory tier does. The marker came with the head when one server holds both; otherwise
+        // it goes out with the chunk check.
+        let (purged, chunks) = match marker {
+            Some(m) => (m, self.check_chunks(&hex, &head, None).await),
+            None => tokio::join!(
+                self.purge_marker(&primary),
+                self.check_chunks(&hex, &head, None)
+            ),
+        };
         if let Ok(Some(purged)) = purged {
             // A plain copy that was already stale at the purge (a soft purge expires it in
             // place) stays, to be revalidated: it can no longer be served as fresh. Variants
