@@ -50,7 +50,9 @@ impl HandleHit for Promote {
                     self.meta = None;
                     self.chunks = Vec::new();
                 } else {
-                    self.chunks.push(b.clone());
+                    // A copy, once per promotion: memcached chunks carry a share of the read
+                    // budget until dropped (memcached/stream.rs), which L1 must not keep.
+                    self.chunks.push(Bytes::copy_from_slice(b));
                 }
             }
             None => {

@@ -6,6 +6,7 @@
 
 use crate::metrics;
 use memcache::exp::Router;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,9 @@ enum State {
 /// that never reports (its future was dropped) is replaced after `open_for`.
 pub struct Breakers {
     servers: Vec<(String, Mutex<State>)>,
+    /// Per server, when it last answered (nanoseconds since `epoch`).
+    answered: Vec<AtomicU64>,
+    epoch: Instant,
     failures_to_open: u32,
     open_for: Duration,
 }
@@ -106,6 +110,8 @@ impl Breakers {
                 .iter()
                 .map(|l| (l.clone(), Mutex::new(State::Closed { failures: 0 })))
                 .collect(),
+            answered: labels.iter().map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
             failures_to_open: failures_to_open.max(1),
             open_for,
         }
@@ -165,12 +171,33 @@ impl Breakers {
     }
 
     pub fn success(&self, server: usize) {
+        if let Some(a) = self.answered.get(server) {
+            a.store(self.since_epoch(Instant::now()), Ordering::Relaxed);
+        }
         let changed = match self.servers.get(server).and_then(|(_, c)| c.lock().ok()) {
             Some(s) => !matches!(*s, State::Closed { failures: 0 }),
             None => false,
         };
         if changed {
             self.set(server, State::Closed { failures: 0 });
+        }
+    }
+
+    fn since_epoch(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// A timed-out exchange that began at `started`: a failure of the server only if it has not
+    /// answered any exchange since. One that answered others meanwhile is up, and the deadline
+    /// was spent queueing in this process (a CPU-saturated node); opening the breaker then would
+    /// turn local load into seconds of misses for every key of that server.
+    pub fn timed_out(&self, server: usize, started: Instant) {
+        let answered = self
+            .answered
+            .get(server)
+            .map_or(0, |a| a.load(Ordering::Relaxed));
+        if answered <= self.since_epoch(started) {
+            self.failure(server);
         }
     }
 
@@ -227,6 +254,22 @@ fn publish(label: &str, state: State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_counts_only_when_the_server_answered_nothing_since() {
+        let b = Breakers::new(&["a".to_string()], 2, Duration::from_secs(60));
+        // Answers arrive after these exchanges began: the server is up, the node was slow.
+        let started = Instant::now();
+        b.success(0);
+        b.timed_out(0, started);
+        b.timed_out(0, started);
+        assert_eq!(b.state(0), Some(BreakerState::Closed));
+        // Silence since they began: a stalled server.
+        let started = Instant::now();
+        b.timed_out(0, started);
+        b.timed_out(0, started);
+        assert_eq!(b.state(0), Some(BreakerState::Open));
+    }
 
     #[test]
     fn routing_is_pinned() {

@@ -31,6 +31,8 @@ pub(super) struct McHit {
     pos: usize,
     end: usize,
     ahead: VecDeque<(u32, ChunkFetch)>,
+    /// Chunk 0, read with the lookup (until a read or a seek past it takes or drops it).
+    first: Option<Bytes>,
     failed: bool,
 }
 
@@ -40,6 +42,7 @@ impl McHit {
         hex: String,
         cas: u64,
         head: Head,
+        first: Option<Bytes>,
     ) -> Self {
         McHit {
             storage,
@@ -51,6 +54,7 @@ impl McHit {
             body: head.body,
             pos: 0,
             ahead: VecDeque::new(),
+            first,
             failed: false,
         }
     }
@@ -85,6 +89,7 @@ impl McHit {
             h.abort();
             self.ahead.pop_front();
         }
+        let first = self.first.take().filter(|_| index == 0);
         let current = match self.ahead.front() {
             Some((i, _)) if *i == index => self.ahead.pop_front().map(|(_, h)| h),
             _ => None,
@@ -96,6 +101,9 @@ impl McHit {
             let f = self.spawn_fetch(chunk_size, next);
             self.ahead.push_back((next, f));
             next += 1;
+        }
+        if let Some(data) = first {
+            return Ok(data);
         }
         match current {
             Some(h) => h
@@ -187,6 +195,9 @@ impl HandleHit for McHit {
         self.end = end.unwrap_or(self.body_len).min(self.body_len);
         // Pending read-ahead belongs to the previous range.
         self.cancel_read_ahead();
+        if matches!(self.body, Body::Chunked { chunk_size } if start >= chunk_size) {
+            self.first = None;
+        }
         Ok(())
     }
 

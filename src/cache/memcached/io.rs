@@ -4,6 +4,7 @@
 use super::breaker::{self, StableRendezvous};
 use super::entry::{self, Body, Head};
 use super::seal::Kind;
+use super::stream;
 use super::MemcachedStorage;
 use crate::metrics;
 use bytes::Bytes;
@@ -72,7 +73,21 @@ impl MemcachedStorage {
             // The client bounds the longest exchange; `exchange` enforces each one's own deadline.
             .io_timeout(Some(self.settings.timeout.max(self.settings.body_timeout)))
             .connect_timeout(Some(self.settings.timeout))
-            .max_idle(32)
+            .max_idle(256)
+    }
+
+    /// The client for body chunk reads (see [`MemcachedStorage`]'s `bulk`): as many idle
+    /// connections kept as the chunk budget lets reads run at once.
+    pub(super) async fn bulk_client(&self) -> std::result::Result<&AsyncMetaClient, McError> {
+        let reads = (stream::CHUNK_BUDGET / self.settings.chunk_size.max(1)).clamp(8, 256);
+        self.bulk
+            .get_or_try_init(|| {
+                self.builder()
+                    .max_idle(reads)
+                    .connect_multiple_async(self.settings.servers.iter().copied())
+            })
+            .await
+            .map_err(McError::Client)
     }
 
     pub(crate) async fn client(&self) -> std::result::Result<&AsyncMetaClient, McError> {
@@ -187,7 +202,10 @@ impl MemcachedStorage {
             .observe(start.elapsed().as_secs_f64());
         let fail_all = |e: McError| {
             for &s in &servers {
-                self.breakers.failure(s);
+                match e {
+                    McError::Timeout => self.breakers.timed_out(s, start),
+                    _ => self.breakers.failure(s),
+                }
                 metrics::MEMCACHED_ERRORS
                     .with_label_values(&[op, self.label(s)])
                     .inc();
@@ -378,6 +396,65 @@ impl MemcachedStorage {
         Ok(())
     }
 
+    /// [`Self::check_chunks`] for a lookup, with chunk 0's value read in the same exchange (inside
+    /// the chunk budget, under the body deadline: the head was just read, so the server is up).
+    /// A hit that is served then starts streaming without another round trip; a HEAD or a 304
+    /// answered from the entry wastes that one read.
+    pub(super) async fn check_chunks_reading_first(
+        &'static self,
+        hex: &str,
+        head: &Head,
+    ) -> std::result::Result<Option<Bytes>, McError> {
+        let Body::Chunked { chunk_size } = head.body else {
+            return Ok(None);
+        };
+        let n = head.n_chunks();
+        if n == 0 {
+            return Ok(None);
+        }
+        let first_len = entry::chunk_len(head.body_len, chunk_size, 0);
+        let permit = stream::reserve(first_len).await?;
+        let keys: Vec<String> = (0..n)
+            .map(|i| self.chunk_key(hex, head.write_id, i))
+            .collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let ops = keys.iter().enumerate().map(|(i, k)| {
+            let g = Get::new(k).meta(Meta::NONE.size());
+            if i == 0 {
+                g
+            } else {
+                g.without_value()
+            }
+        });
+        let client = self.bulk_client().await?;
+        let results = self
+            .exchange_within(
+                self.settings.body_timeout,
+                "check_chunks",
+                &key_refs,
+                client.run_many(ops),
+                |r| Self::batch_outcome(r),
+            )
+            .await?;
+        let mut first = None;
+        for (i, r) in results.into_iter().enumerate() {
+            let r = r.map_err(McError::Client)?;
+            if !r.hit() {
+                return Err(McError::Missing);
+            }
+            let len = entry::chunk_len(head.body_len, chunk_size, i as u32);
+            let want = entry::CHUNK_HEADER_LEN + len + self.seal.overhead();
+            if r.item.size != Some(want as u64) {
+                return Err(McError::Corrupt(entry::DecodeError("chunk size mismatch")));
+            }
+            if i == 0 {
+                let value = r.value.ok_or(McError::Missing)?;
+                first = Some(self.decode_chunk_reply(&keys[0], value, head.write_id, 0, len)?);
+            }
+        }
+        Ok(first.map(|data| stream::held(data, permit)))
+    }
+
     /// Chunk `index` of a committed write, checked against the head.
     pub(super) async fn fetch_chunk(
         &'static self,
@@ -387,7 +464,7 @@ impl MemcachedStorage {
         expected_len: usize,
     ) -> std::result::Result<Bytes, McError> {
         let key = self.chunk_key(&hex, write_id, index);
-        let client = self.client().await?;
+        let client = self.bulk_client().await?;
         let r = self
             .exchange_within(
                 self.settings.body_timeout,
@@ -401,9 +478,20 @@ impl MemcachedStorage {
             Some(v) if r.hit() => v,
             _ => return Err(McError::Missing),
         };
+        self.decode_chunk_reply(&key, value, write_id, index, expected_len)
+    }
+
+    fn decode_chunk_reply(
+        &'static self,
+        key: &str,
+        value: Vec<u8>,
+        write_id: u64,
+        index: u32,
+        expected_len: usize,
+    ) -> std::result::Result<Bytes, McError> {
         metrics::MEMCACHED_READ_BYTES.inc_by(value.len() as u64);
-        let Ok(value) = self.seal.open(Kind::Chunk, &key, value) else {
-            self.delete_later(key, None);
+        let Ok(value) = self.seal.open(Kind::Chunk, key, value) else {
+            self.delete_later(key.to_string(), None);
             return Err(McError::Corrupt(entry::DecodeError(
                 "failed authentication",
             )));

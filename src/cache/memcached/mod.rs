@@ -52,6 +52,9 @@ pub struct MemcachedStorage {
     /// Server identities as the router sees them (`SocketAddr` display form).
     ids: Vec<String>,
     client: OnceCell<AsyncMetaClient>,
+    /// Body chunk reads get connections of their own, so a lookup never queues behind a
+    /// large value and the large read buffers stay on a few reused connections.
+    bulk: OnceCell<AsyncMetaClient>,
     breakers: std::sync::Arc<Breakers>,
     /// Authenticates every value written and read (a no-op without `key_file`).
     seal: seal::Sealer,
@@ -76,6 +79,7 @@ impl MemcachedStorage {
             seal: seal::Sealer::new(settings.mac_key.clone()),
             settings,
             client: OnceCell::new(),
+            bulk: OnceCell::new(),
         }
     }
 
@@ -230,10 +234,10 @@ impl Storage for MemcachedStorage {
         // memory tier does. The marker came with the head when one server holds both; otherwise
         // it goes out with the chunk check.
         let (purged, chunks) = match marker {
-            Some(m) => (m, self.check_chunks(&hex, &head, None).await),
+            Some(m) => (m, self.check_chunks_reading_first(&hex, &head).await),
             None => tokio::join!(
                 self.purge_marker(&primary),
-                self.check_chunks(&hex, &head, None)
+                self.check_chunks_reading_first(&hex, &head)
             ),
         };
         if let Ok(Some(purged)) = purged {
@@ -249,8 +253,8 @@ impl Storage for MemcachedStorage {
                 return Ok(None);
             }
         }
-        match chunks {
-            Ok(()) => {}
+        let first = match chunks {
+            Ok(first) => first,
             Err(McError::Missing) => {
                 count_lookup("incomplete");
                 log::info!("memcached: a chunk of {hex} was evicted; treated as a miss");
@@ -271,9 +275,9 @@ impl Storage for MemcachedStorage {
                 count_lookup("error");
                 return Err(e.into_pingora("memcached lookup"));
             }
-        }
+        };
         count_lookup("hit");
-        let hit = hit::McHit::new(self, hex, cas, head);
+        let hit = hit::McHit::new(self, hex, cas, head, first);
         Ok(Some((meta, Box::new(hit))))
     }
 

@@ -1,25 +1,60 @@
-//! Pacing of body chunk reads: how a memcached hit streams with O(chunk_size) memory and
-//! without its deadline turning load into failures.
+//! Pacing of body chunk reads: how a memcached hit streams with bounded memory and without its
+//! deadline turning load into failures.
 //!
-//! Every body chunk read in the process takes a permit first ([`MAX_CHUNK_READS`] at once).
-//! The chunk's own deadline (`body_timeout`) starts when its exchange starts, after the permit:
-//! time spent queueing behind other readers is load, not a failing server, so it neither cuts a
-//! stream nor counts against a server's breaker. Memory for chunk reads in flight is bounded by
-//! `MAX_CHUNK_READS × chunk_size` whatever the number of readers, and each reader holds at most
-//! the chunk it is sending plus its read-ahead.
+//! Every body chunk read takes its size from a process-wide byte budget ([`CHUNK_BUDGET`])
+//! before its exchange starts, and gives it back only when the chunk's bytes are dropped, that
+//! is once Pingora has written them to the client. So the chunks held for memcached hits, read
+//! or being sent, never exceed the budget, whatever the number of readers: 1000 clients reading
+//! 256 KiB objects queue for the budget instead of holding 250 MiB. The chunk's own deadline
+//! (`body_timeout`) starts after the budget is granted: time spent queueing behind other readers
+//! is load, not a failing server, so it neither cuts a stream nor counts against a breaker.
 
 use super::{McError, MemcachedStorage};
 use bytes::Bytes;
-use std::sync::LazyLock;
-use tokio::sync::Semaphore;
+use std::sync::{Arc, LazyLock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Chunk exchanges in flight per process. Enough to keep every memcached server busy on a
-/// LAN; more only queues inside memcached, where the deadline would count it.
-pub(super) const MAX_CHUNK_READS: usize = 64;
+/// Bytes of body chunks held for memcached hits per process (read in flight, or waiting to be
+/// written to a client). 32 MiB keeps 64 default-size (512 KiB) chunks moving, enough to keep
+/// every memcached server and client socket busy on a LAN.
+pub(super) const CHUNK_BUDGET: usize = 32 << 20;
+/// Budget accounting unit: one permit per KiB.
+const UNIT: usize = 1024;
 
-static PERMITS: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(MAX_CHUNK_READS));
+static BUDGET: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(CHUNK_BUDGET / UNIT)));
 
-/// [`MemcachedStorage::fetch_chunk`] once a read permit is free.
+/// Waits until `len` bytes of the budget are free (a chunk larger than the whole budget waits
+/// for all of it, so it still proceeds, alone).
+pub(super) async fn reserve(len: usize) -> std::result::Result<OwnedSemaphorePermit, McError> {
+    let units = len.div_ceil(UNIT).clamp(1, CHUNK_BUDGET / UNIT) as u32;
+    BUDGET
+        .clone()
+        .acquire_many_owned(units)
+        .await
+        .map_err(|_| McError::Invalid("chunk budget closed"))
+}
+
+/// `data` carrying its share of the budget: the share returns when the last slice of it drops.
+pub(super) fn held(data: Bytes, permit: OwnedSemaphorePermit) -> Bytes {
+    Bytes::from_owner(Held {
+        data,
+        _permit: permit,
+    })
+}
+
+struct Held {
+    data: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// [`MemcachedStorage::fetch_chunk`] once its bytes fit the budget.
 pub(super) async fn fetch_chunk(
     storage: &'static MemcachedStorage,
     hex: String,
@@ -27,9 +62,7 @@ pub(super) async fn fetch_chunk(
     index: u32,
     len: usize,
 ) -> std::result::Result<Bytes, McError> {
-    let _permit = PERMITS
-        .acquire()
-        .await
-        .map_err(|_| McError::Invalid("chunk read permits closed"))?;
-    storage.fetch_chunk(hex, write_id, index, len).await
+    let permit = reserve(len).await?;
+    let data = storage.fetch_chunk(hex, write_id, index, len).await?;
+    Ok(held(data, permit))
 }
