@@ -66,6 +66,17 @@ fn is_transport(e: &memcache::exp::Error) -> bool {
     }
 }
 
+/// The client's own deadlines (its io timeout, or waiting for a pooled connection while all are
+/// busy): load in this process unless the server went silent (see [`breaker::Breakers::timed_out`]).
+fn is_timeout(e: &memcache::exp::Error) -> bool {
+    use memcache::exp::Error as E;
+    match e {
+        E::Timeout { .. } => true,
+        E::Io(e) => e.kind() == std::io::ErrorKind::TimedOut,
+        _ => false,
+    }
+}
+
 impl MemcachedStorage {
     pub(super) fn builder(&self) -> memcache::exp::MetaClientBuilder {
         AsyncMetaClient::builder()
@@ -214,6 +225,9 @@ impl MemcachedStorage {
         };
         match result {
             Err(_) => fail_all(McError::Timeout),
+            // The client's own deadlines (its io timeout, or waiting for a pooled connection
+            // while all are busy) are timeouts too: load here, unless the server went silent.
+            Ok(Err(e)) if is_timeout(&e) => fail_all(McError::Timeout),
             Ok(Err(e)) if is_transport(&e) => fail_all(McError::Client(e)),
             Ok(Err(e)) => {
                 for &s in &servers {
@@ -234,7 +248,9 @@ impl MemcachedStorage {
                 }
                 for &s in &servers {
                     if failed.contains(&s) {
-                        self.breakers.failure(s);
+                        // A key that failed in an exchange that completed: counted only if the
+                        // server has answered nothing since (as a timed-out exchange).
+                        self.breakers.timed_out(s, start);
                         metrics::MEMCACHED_ERRORS
                             .with_label_values(&[op, self.label(s)])
                             .inc();
