@@ -85,6 +85,12 @@ pub fn init(target: &LogTarget) -> io::Result<()> {
 }
 
 /// Queues one line for `session`; never blocks.
+/// Whether lines are written at all (`access_log.target: off` is none), so callers can skip
+/// gathering what a line would say.
+pub fn enabled() -> bool {
+    SINK.get().is_some()
+}
+
 pub fn record(session: &Session, facts: &Facts) {
     let Some(sink) = SINK.get() else {
         return;

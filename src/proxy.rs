@@ -544,6 +544,9 @@ impl ProxyHttp for Proxy {
                 s.record(ctx.upstream_status, at.elapsed());
             }
         }
+        if !access_log::enabled() {
+            return;
+        }
         let facts = access_log::Facts {
             // Requests refused before `request_filter` (unparsable) log the connection source.
             client: ctx.client.or_else(|| crate::client::hop(session)),

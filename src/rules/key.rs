@@ -46,11 +46,12 @@ pub fn cache_key(req: &RequestHeader, spec: &KeySpec) -> Option<CacheKey> {
     let pq = cache_key::path_and_query(req);
     let keyed;
     let pq = match &spec.query {
-        Some(q) => {
+        // Without a query every mode keys the path as it is: no copy.
+        Some(q) if pq.contains(&b'?') => {
             keyed = query_key(pq, q);
             &keyed[..]
         }
-        None => pq,
+        _ => pq,
     };
     let mut variant = Vec::new();
     let mut field = |name: &[u8], value: Option<&[u8]>| {

@@ -19,6 +19,10 @@ pub enum Glob {
     Exact(String),
     /// `/static/**`: a plain prefix test, no regex.
     Prefix(String),
+    /// `*Mobile*` (value globs): a substring test.
+    Contains(String),
+    /// `*.jpg` (value globs): a suffix test.
+    Suffix(String),
     Pattern(Regex),
 }
 
@@ -56,6 +60,18 @@ impl Glob {
                 return Ok(Glob::Prefix(prefix.to_string()));
             }
         }
+        // In a value glob `*` is any text, so one literal around stars is a string test.
+        if !segments && !p.contains('?') {
+            let inner = |s: &str| !s.is_empty() && !s.contains('*');
+            match (p.strip_prefix('*'), p.strip_suffix('*')) {
+                (Some(r), _) if r.strip_suffix('*').is_some_and(inner) => {
+                    return Ok(Glob::Contains(r[..r.len() - 1].to_string()));
+                }
+                (Some(r), _) if inner(r) => return Ok(Glob::Suffix(r.to_string())),
+                (None, Some(l)) if inner(l) => return Ok(Glob::Prefix(l.to_string())),
+                _ => {}
+            }
+        }
         let (star, one) = if segments {
             ("[^/]*", "[^/]")
         } else {
@@ -88,6 +104,8 @@ impl Glob {
             Glob::Any => true,
             Glob::Exact(e) => e == s,
             Glob::Prefix(p) => s.starts_with(p.as_str()),
+            Glob::Contains(p) => s.contains(p.as_str()),
+            Glob::Suffix(p) => s.ends_with(p.as_str()),
             Glob::Pattern(r) => r.is_match(s),
         }
     }
@@ -108,6 +126,9 @@ pub struct Match {
     host: Option<HostPattern>,
     path: Option<Glob>,
     pub path_regex: Option<Regex>,
+    /// Literal text every path matching `path_regex` starts with: tested first, so most paths
+    /// never run the regex.
+    path_literal: Option<String>,
     methods: Vec<http::Method>,
     client: Vec<Cidr>,
     header: Vec<(http::HeaderName, Glob)>,
@@ -216,6 +237,7 @@ impl Match {
             route,
             host,
             path,
+            path_literal: c.path_regex.as_deref().and_then(literal_prefix),
             path_regex,
             methods,
             client: c.client.clone(),
@@ -260,6 +282,13 @@ impl Match {
         if self.path.as_ref().is_some_and(|g| !g.matches(path)) {
             return false;
         }
+        if self
+            .path_literal
+            .as_ref()
+            .is_some_and(|l| !path.starts_with(l.as_str()))
+        {
+            return false;
+        }
         if self.path_regex.as_ref().is_some_and(|r| !r.is_match(path)) {
             return false;
         }
@@ -295,6 +324,40 @@ impl Match {
     }
 }
 
+/// The literal text a `^`-anchored regex requires at the start (`^/admin(/|$)` → `/admin`).
+/// Conservative: `None` when an alternation outside a group could make `^` bind to one branch
+/// only; the literal stops at the first metacharacter and loses its last character when a
+/// quantifier follows it.
+fn literal_prefix(re: &str) -> Option<String> {
+    let rest = re.strip_prefix('^')?;
+    if rest.contains('[') && rest.contains('|') {
+        return None; // a class may hold a bracket or parenthesis that would fool the depth count
+    }
+    let (mut depth, mut escaped) = (0i32, false);
+    for c in rest.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            '|' if depth <= 0 => return None,
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    for c in rest.chars() {
+        match c {
+            '*' | '?' | '{' => {
+                out.pop();
+                break;
+            }
+            '\\' | '.' | '+' | '(' | ')' | '|' | '[' | ']' | '}' | '^' | '$' => break,
+            c => out.push(c),
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// The value of cookie `name` (the first one), as sent.
 pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers
@@ -319,6 +382,57 @@ pub fn query<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_globs_with_one_literal_are_string_tests() {
+        // Each agrees with the regex the general case would build (`*` = any text).
+        for (p, yes, no) in [
+            ("*Mobile*", "Mozilla (Mobile) x", "Mozilla"),
+            ("*.jpg", "a.jpg", "a.jpg.png"),
+            ("curl/*", "curl/8.1", "xcurl/8"),
+            ("*a*b*", "xaxbx", "xbxa"),
+        ] {
+            let g = Glob::value(p).unwrap();
+            assert!(g.matches(yes) && !g.matches(no), "{p}: {g:?}");
+        }
+        assert!(matches!(
+            Glob::value("*Mobile*").unwrap(),
+            Glob::Contains(_)
+        ));
+        assert!(matches!(Glob::value("*.jpg").unwrap(), Glob::Suffix(_)));
+        assert!(matches!(Glob::value("curl/*").unwrap(), Glob::Prefix(_)));
+        assert!(matches!(Glob::value("*a*b*").unwrap(), Glob::Pattern(_)));
+        assert!(matches!(Glob::value("*").unwrap(), Glob::Any));
+    }
+
+    #[test]
+    fn regex_literal_prefixes_are_conservative() {
+        for (re, want) in [
+            ("^/admin(/|$)", Some("/admin")),
+            ("^/old/(.*)$", Some("/old/")),
+            ("^/ab?c", Some("/a")),
+            ("^/ab*", Some("/a")),
+            ("^/ab+", Some("/ab")),
+            ("^/a{2}", Some("/")),
+            ("^/v1\\.0/", Some("/v1")),
+            ("^/a|/b", None),
+            ("^/a[(]|/b", None),
+            ("^(?i)/admin", None),
+            ("\\.(css|js)$", None),
+            ("^.*", None),
+        ] {
+            assert_eq!(literal_prefix(re).as_deref(), want, "{re}");
+            // Whatever the prefix, every path the regex matches starts with it.
+            if let Some(p) = want {
+                let r = Regex::new(re).unwrap();
+                for path in [
+                    "/admin", "/admin/x", "/old/a", "/ac", "/abbb", "/aa", "/v1.0/x",
+                ] {
+                    assert!(!r.is_match(path) || path.starts_with(p), "{re} {path}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn path_globs() {
