@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 fn body_for(path: &str) -> Vec<u8> {
     let size = match path {
         "/big" => 5 << 20,
+        "/256k" => 256 << 10,
         p if p.starts_with("/k/") => 1024,
         _ => 2000,
     };
@@ -70,6 +71,38 @@ async fn memcached_alone_stores_large_objects_byte_for_byte_and_serves_ranges() 
             .await
             >= 2.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memcached_hit_is_one_exchange_inline_and_two_chunked() {
+    // One server holds a head and its purge marker, so they are read together; a chunked
+    // body's chunk 0 comes with the chunk check. Before: two and three exchanges.
+    let mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "200ms")).await;
+    let exchanges = || node.metric_or_zero("shellac_memcached_exchange_seconds_count", &[]);
+    for (i, (path, per_hit)) in [("/small", 1.0), ("/256k", 2.0)].into_iter().enumerate() {
+        assert_eq!(node.get(path).await.body, body_for(path));
+        common::memcached::wait_for_heads(&[&mc], i + 1).await;
+        let hits = 20.0;
+        let before = exchanges().await;
+        for _ in 0..hits as usize {
+            let r = node.get(path).await;
+            assert_eq!(r.body, body_for(path), "{path} byte-exact");
+            assert!(r.header("cache-status").unwrap().contains("hit"));
+        }
+        let spent = exchanges().await - before;
+        // Slack: the host-wide invalidation markers are re-read once per purge_check.
+        assert!(
+            spent <= per_hit * hits + 8.0,
+            "{path}: {spent} exchanges for {hits} hits"
+        );
+        assert_eq!(
+            origin.count_path(path),
+            1,
+            "{path}: every later request a hit"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
