@@ -60,16 +60,7 @@ const UNKEYED: [&str; 23] = [
 /// copy) mean something only when Shellac sets them; a client's are removed before the
 /// request is routed, keyed or forwarded. Called first in `request_filter`.
 pub fn strip_internal(req: &mut RequestHeader) {
-    const PREFIX: &str = "x-shellac-";
-    // Header names are stored lower-case. Collected first: removing while iterating is not
-    // possible, and the usual case (none) allocates nothing.
-    let internal: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| n.as_str().starts_with(PREFIX))
-        .cloned()
-        .collect();
-    for name in internal {
+    for name in fields_where(&req.headers, |n| n.starts_with("x-shellac-")) {
         req.remove_header(&name);
     }
 }
@@ -77,7 +68,7 @@ pub fn strip_internal(req: &mut RequestHeader) {
 /// `hop` is the connection's source ([`crate::client::hop`]): each proxy appends the address
 /// it received the request from, so the chain stays verifiable by the next hop.
 pub fn upstream_request(req: &mut RequestHeader, hop: Option<IpAddr>) -> Result<()> {
-    for name in present(&req.headers, &UNKEYED) {
+    for name in fields_where(&req.headers, |n| UNKEYED.contains(&n)) {
         req.remove_header(&name);
     }
     normalize_content_length(req)?;
@@ -124,18 +115,19 @@ pub fn upstream_response(resp: &mut ResponseHeader) {
     for name in connection_nominated(&resp.headers).into_iter().flatten() {
         resp.remove_header(&name);
     }
-    for name in present(&resp.headers, &HOP_BY_HOP) {
+    for name in fields_where(&resp.headers, |n| HOP_BY_HOP.contains(&n)) {
         resp.remove_header(&name);
     }
 }
 
-/// The fields of `listed` that `headers` holds. One pass over the message's own fields (the
+/// The names (lower-case, as stored) of the fields in `headers` that `pick` selects, to remove
+/// them: removing while iterating is not possible. One pass over the message's own fields (the
 /// usual answer is none, and an empty Vec does not allocate) instead of parsing and hashing
-/// every listed name on every request, as removing each by its `&str` name would.
-fn present(headers: &http::HeaderMap, listed: &[&str]) -> Vec<HeaderName> {
+/// every candidate name on every message, as removing each by its `&str` name would.
+pub fn fields_where(headers: &http::HeaderMap, pick: impl Fn(&str) -> bool) -> Vec<HeaderName> {
     headers
         .keys()
-        .filter(|n| listed.contains(&n.as_str()))
+        .filter(|n| pick(n.as_str()))
         .cloned()
         .collect()
 }

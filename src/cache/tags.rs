@@ -63,17 +63,9 @@ pub fn of_stored(header: &ResponseHeader) -> impl Iterator<Item = &str> {
 
 /// What clients see: never the internal header; the origin's tag headers only when exposed.
 pub fn deliver(resp: &mut ResponseHeader, tag_header: &str, expose: bool) {
-    // One pass over the response's own fields (on every response; usually none matches), not
-    // a parse and hash of each name to remove.
-    let found: Vec<http::HeaderName> = resp
-        .headers
-        .keys()
-        .filter(|n| {
-            let n = n.as_str();
-            n == INTERNAL || (!expose && (n == "cache-tag" || n.eq_ignore_ascii_case(tag_header)))
-        })
-        .cloned()
-        .collect();
+    let found = crate::forward::fields_where(&resp.headers, |n| {
+        n == INTERNAL || (!expose && (n == "cache-tag" || n.eq_ignore_ascii_case(tag_header)))
+    });
     for name in found {
         resp.remove_header(&name);
     }

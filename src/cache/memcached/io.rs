@@ -19,6 +19,16 @@ pub(super) type HeadRead = std::result::Result<Option<(Head, u64)>, McError>;
 /// A purge marker read: when the URL was last purged, `None` when never.
 pub(super) type MarkerRead = std::result::Result<Option<SystemTime>, McError>;
 
+/// What a chunk batch does besides checking that every chunk exists with its size.
+#[derive(Clone, Copy)]
+enum Chunks {
+    Check,
+    /// Also extends the chunks' TTL, in seconds.
+    Touch(u32),
+    /// Also reads chunk 0 (a lookup about to serve it).
+    ReadFirst,
+}
+
 /// Why a memcached operation failed (internal; surfaces to Pingora as an `InternalError`).
 #[derive(Debug)]
 pub(crate) enum McError {
@@ -363,53 +373,16 @@ impl MemcachedStorage {
 
     /// Every chunk of `head` exists with the right size; optionally extends their TTL.
     pub(super) async fn check_chunks(
-        &self,
+        &'static self,
         hex: &str,
         head: &Head,
         touch: Option<u32>,
     ) -> std::result::Result<(), McError> {
-        let Body::Chunked { chunk_size } = head.body else {
-            return Ok(());
+        let mode = match touch {
+            Some(ttl) => Chunks::Touch(ttl),
+            None => Chunks::Check,
         };
-        let n = head.n_chunks();
-        if n == 0 {
-            return Ok(());
-        }
-        let keys: Vec<String> = (0..n)
-            .map(|i| self.chunk_key(hex, head.write_id, i))
-            .collect();
-        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let ops = keys.iter().map(|k| {
-            let g = Get::new(k).without_value().meta(Meta::NONE.size());
-            match touch {
-                Some(ttl) => g.touch(Ttl::secs(ttl)),
-                None => g,
-            }
-        });
-        let client = self.client().await?;
-        let op = if touch.is_some() {
-            "touch_chunks"
-        } else {
-            "check_chunks"
-        };
-        let results = self
-            .exchange(op, &key_refs, client.run_many(ops), |r| {
-                Self::batch_outcome(r)
-            })
-            .await?;
-        for (i, r) in results.into_iter().enumerate() {
-            let r = r.map_err(McError::Client)?;
-            if !r.hit() {
-                return Err(McError::Missing);
-            }
-            let want = entry::CHUNK_HEADER_LEN
-                + entry::chunk_len(head.body_len, chunk_size, i as u32)
-                + self.seal.overhead();
-            if r.item.size != Some(want as u64) {
-                return Err(McError::Corrupt(entry::DecodeError("chunk size mismatch")));
-            }
-        }
-        Ok(())
+        self.chunk_batch(hex, head, mode).await.map(|_| ())
     }
 
     /// [`Self::check_chunks`] for a lookup, with chunk 0's value read in the same exchange (inside
@@ -421,6 +394,17 @@ impl MemcachedStorage {
         hex: &str,
         head: &Head,
     ) -> std::result::Result<Option<Bytes>, McError> {
+        self.chunk_batch(hex, head, Chunks::ReadFirst).await
+    }
+
+    /// One batch over every chunk of `head`: each must exist with its size; `mode` says what
+    /// else. Chunk 0's bytes when `mode` reads them.
+    async fn chunk_batch(
+        &'static self,
+        hex: &str,
+        head: &Head,
+        mode: Chunks,
+    ) -> std::result::Result<Option<Bytes>, McError> {
         let Body::Chunked { chunk_size } = head.body else {
             return Ok(None);
         };
@@ -428,29 +412,36 @@ impl MemcachedStorage {
         if n == 0 {
             return Ok(None);
         }
-        let first_len = entry::chunk_len(head.body_len, chunk_size, 0);
-        let permit = stream::reserve(first_len).await?;
+        let read_first = matches!(mode, Chunks::ReadFirst);
+        let permit = match read_first {
+            true => Some(stream::reserve(entry::chunk_len(head.body_len, chunk_size, 0)).await?),
+            false => None,
+        };
         let keys: Vec<String> = (0..n)
             .map(|i| self.chunk_key(hex, head.write_id, i))
             .collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let ops = keys.iter().enumerate().map(|(i, k)| {
             let g = Get::new(k).meta(Meta::NONE.size());
-            if i == 0 {
-                g
-            } else {
-                g.without_value()
+            match mode {
+                Chunks::ReadFirst if i == 0 => g,
+                Chunks::Touch(ttl) => g.without_value().touch(Ttl::secs(ttl)),
+                _ => g.without_value(),
             }
         });
-        let client = self.bulk_client().await?;
-        let results = self
-            .exchange_within(
-                self.settings.body_timeout,
+        let (client, op, deadline) = match mode {
+            Chunks::Touch(_) => (self.client().await?, "touch_chunks", self.settings.timeout),
+            Chunks::Check => (self.client().await?, "check_chunks", self.settings.timeout),
+            Chunks::ReadFirst => (
+                self.bulk_client().await?,
                 "check_chunks",
-                &key_refs,
-                client.run_many(ops),
-                |r| Self::batch_outcome(r),
-            )
+                self.settings.body_timeout,
+            ),
+        };
+        let results = self
+            .exchange_within(deadline, op, &key_refs, client.run_many(ops), |r| {
+                Self::batch_outcome(r)
+            })
             .await?;
         let mut first = None;
         for (i, r) in results.into_iter().enumerate() {
@@ -463,12 +454,12 @@ impl MemcachedStorage {
             if r.item.size != Some(want as u64) {
                 return Err(McError::Corrupt(entry::DecodeError("chunk size mismatch")));
             }
-            if i == 0 {
+            if read_first && i == 0 {
                 let value = r.value.ok_or(McError::Missing)?;
                 first = Some(self.decode_chunk_reply(&keys[0], value, head.write_id, 0, len)?);
             }
         }
-        Ok(first.map(|data| stream::held(data, permit)))
+        Ok(first.zip(permit).map(|(data, p)| stream::held(data, p)))
     }
 
     /// Chunk `index` of a committed write, checked against the head.
