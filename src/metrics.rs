@@ -133,6 +133,7 @@ pub fn init() {
     }
     LazyLock::force(&HEADER_TIMEOUTS);
     LazyLock::force(&CACHE_LOOKUPS);
+    LazyLock::force(&CACHE_LOOKUP_CHILDREN);
     LazyLock::force(&CACHE_SERVED_BYTES);
     LazyLock::force(&CACHE_MEMORY_USED);
     LazyLock::force(&CACHE_MEMORY_LIMIT);
@@ -171,6 +172,33 @@ pub static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+/// The children of [`CACHE_LOOKUPS`], resolved once: one is counted on every request of a
+/// caching route, where `with_label_values` would hash both labels, take the vector's lock and
+/// write a reference count that every core shares.
+static CACHE_LOOKUP_CHILDREN: LazyLock<Vec<IntCounter>> = LazyLock::new(|| {
+    LOOKUP_RESULTS
+        .iter()
+        .flat_map(|r| {
+            LOOKUP_TIERS
+                .iter()
+                .map(move |t| CACHE_LOOKUPS.with_label_values(&[r, t]))
+        })
+        .collect()
+});
+const LOOKUP_RESULTS: [&str; 6] = ["hit", "coalesced", "stale", "revalidated", "miss", "pass"];
+const LOOKUP_TIERS: [&str; 3] = ["memory", "memcached", "none"];
+
+/// `shellac_cache_lookups_total{result, tier}`; a label outside the lists above is counted
+/// through the vector.
+pub fn count_lookup(result: &str, tier: &str) {
+    let r = LOOKUP_RESULTS.iter().position(|l| *l == result);
+    let t = LOOKUP_TIERS.iter().position(|l| *l == tier);
+    match (r, t) {
+        (Some(r), Some(t)) => CACHE_LOOKUP_CHILDREN[r * LOOKUP_TIERS.len() + t].inc(),
+        _ => CACHE_LOOKUPS.with_label_values(&[result, tier]).inc(),
+    }
+}
 
 pub static CACHE_SERVED_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(

@@ -31,11 +31,9 @@ impl Cache {
         tags::deliver(resp, &self.tags.header, self.tags.expose);
         if !cx.enabled {
             let (value, lookup) = status::uncached(cx.rule.enabled);
-            resp.insert_header("cache-status", value)?;
+            resp.insert_header(status::FIELD.clone(), value)?;
             let Some(lookup) = lookup else { return Ok("-") };
-            metrics::CACHE_LOOKUPS
-                .with_label_values(&[lookup.label(), "none"])
-                .inc();
+            metrics::count_lookup(lookup.label(), "none");
             return Ok(lookup.label());
         }
         let phase = session.cache.phase();
@@ -84,10 +82,8 @@ impl Cache {
         let (value, lookup) = status::cache_status(&facts);
         // Misses and passes were answered by no tier.
         let tier = cx.tier.filter(|_| cx.from_cache).unwrap_or("none");
-        metrics::CACHE_LOOKUPS
-            .with_label_values(&[lookup.label(), tier])
-            .inc();
-        resp.insert_header("cache-status", value)?;
+        metrics::count_lookup(lookup.label(), tier);
+        resp.insert_header(status::FIELD.clone(), value)?;
         Ok(lookup.label())
     }
 }

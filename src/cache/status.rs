@@ -6,6 +6,10 @@ use super::policy::stale::StaleReason;
 use super::policy::Refusal;
 use std::fmt::Write;
 
+/// The field's name as written on the wire. As `Bytes` over static text it is inserted without
+/// copying; Pingora copies a name given as text or as an `http::HeaderName` it has no spelling for.
+pub static FIELD: bytes::Bytes = bytes::Bytes::from_static(b"Cache-Status");
+
 /// The lookup outcome, a closed set: the `result` label of `shellac_cache_lookups_total` and
 /// the access log's cache field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

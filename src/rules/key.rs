@@ -7,7 +7,6 @@ use crate::authority::Authority;
 use crate::cache::key as cache_key;
 use pingora::cache::CacheKey;
 use pingora::http::RequestHeader;
-use std::sync::Arc;
 
 /// How the query enters the key.
 #[derive(Debug)]
@@ -25,11 +24,16 @@ pub enum QueryKey {
 }
 
 /// The key's parts set by plugins; each is replaced by the later plugin that sets it.
-#[derive(Debug, Default, Clone)]
+///
+/// The parts are `'static`: a plugin builds them once, when it is built (a `static`, a
+/// `OnceLock`, or `Box::leak` at start-up, as YAML rules do), because setting one is then a
+/// pointer copy. A shared `Arc` would put a reference count that every core writes on every
+/// request into the hit path.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct KeySpec {
-    pub query: Option<Arc<QueryKey>>,
-    pub headers: Option<Arc<[http::HeaderName]>>,
-    pub cookies: Option<Arc<[String]>>,
+    pub query: Option<&'static QueryKey>,
+    pub headers: Option<&'static [http::HeaderName]>,
+    pub cookies: Option<&'static [String]>,
 }
 
 impl KeySpec {
@@ -53,7 +57,8 @@ pub fn cache_key(req: &RequestHeader, spec: &KeySpec) -> Option<CacheKey> {
         }
         _ => pq,
     };
-    let mut variant = Vec::new();
+    // Framed on the stack: a key's header and cookie values are short.
+    let mut variant = smallvec::SmallVec::<[u8; 256]>::new();
     let mut field = |name: &[u8], value: Option<&[u8]>| {
         variant.extend_from_slice(&(name.len() as u32).to_be_bytes());
         variant.extend_from_slice(name);
@@ -143,7 +148,9 @@ mod tests {
     #[test]
     fn headers_split_the_key_absent_differs_from_empty() {
         let spec = KeySpec {
-            headers: Some(Arc::from(vec![http::HeaderName::from_static("x-device")])),
+            headers: Some(Box::leak(Box::new([http::HeaderName::from_static(
+                "x-device",
+            )]))),
             ..KeySpec::default()
         };
         let key = |v: Option<&str>| {

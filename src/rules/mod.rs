@@ -32,12 +32,30 @@ use std::sync::Arc;
 
 #[derive(Default)]
 pub struct Rules {
-    plugins: Vec<Arc<dyn Plugin>>,
+    plugins: Vec<Entry>,
+    /// Each plugin's name as a `Cache-Status` token, made once (see [`Rules::push_applied`]).
+    tokens: Vec<Box<str>>,
     /// Plugin indices per phase.
     request: Vec<usize>,
     origin: Vec<usize>,
     deliver: Vec<usize>,
     names: Names,
+}
+
+/// One plugin of the list. A YAML rule is a [`Plugin`] too; it is kept by its own type so that
+/// its request phase runs as a plain call, not through a boxed future.
+enum Entry {
+    Yaml(Box<rule::Rule>),
+    Rust(Arc<dyn Plugin>),
+}
+
+impl Entry {
+    fn plugin(&self) -> &dyn Plugin {
+        match self {
+            Entry::Yaml(r) => r.as_ref(),
+            Entry::Rust(p) => p.as_ref(),
+        }
+    }
 }
 
 impl Rules {
@@ -49,7 +67,7 @@ impl Rules {
     ) -> Result<Rules, ConfigError> {
         let names = Names { routes, upstreams };
         let mut seen = std::collections::HashSet::new();
-        let mut plugins: Vec<Arc<dyn Plugin>> = Vec::with_capacity(conf.len());
+        let mut plugins = Vec::with_capacity(conf.len());
         for (i, c) in conf.iter().enumerate() {
             let at = format!("rules[{i}]");
             let valid = !c.name.is_empty()
@@ -71,7 +89,7 @@ impl Rules {
                     "another rule has this name; names must be unique",
                 );
             }
-            plugins.push(Arc::new(rule::Rule::compile(i, c, &names)?));
+            plugins.push(Entry::Yaml(Box::new(rule::Rule::compile(i, c, &names)?)));
         }
         if plugins.len() > u16::MAX as usize {
             return crate::config::err("rules", "at most 65535 rules");
@@ -80,7 +98,9 @@ impl Rules {
             names,
             ..Rules::default()
         };
-        rules.extend(plugins);
+        for p in plugins {
+            rules.push(p);
+        }
         Ok(rules)
     }
 
@@ -99,19 +119,28 @@ impl Rules {
     /// Appends Rust plugins after the config's rules.
     pub fn extend(&mut self, plugins: impl IntoIterator<Item = Arc<dyn Plugin>>) {
         for p in plugins {
-            let i = self.plugins.len();
-            let phases = p.phases();
-            for (phase, list) in [
-                (Phases::REQUEST, &mut self.request),
-                (Phases::ORIGIN_RESPONSE, &mut self.origin),
-                (Phases::DELIVER, &mut self.deliver),
-            ] {
-                if phases.contains(phase) {
-                    list.push(i);
-                }
-            }
-            self.plugins.push(p);
+            self.push(Entry::Rust(p));
         }
+    }
+
+    fn push(&mut self, e: Entry) {
+        let i = self.plugins.len();
+        let p = e.plugin();
+        let phases = p.phases();
+        for (phase, list) in [
+            (Phases::REQUEST, &mut self.request),
+            (Phases::ORIGIN_RESPONSE, &mut self.origin),
+            (Phases::DELIVER, &mut self.deliver),
+        ] {
+            if phases.contains(phase) {
+                list.push(i);
+            }
+        }
+        // Rule names are checked at load to be letters, digits and `- _ .`; a Rust plugin's
+        // name is filtered to the same set, so the value stays a valid `Cache-Status` token.
+        let token = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        self.tokens.push(p.name().chars().filter(token).collect());
+        self.plugins.push(e);
     }
 
     /// The request phase; returns the synthetic answer, if a plugin made one.
@@ -139,11 +168,12 @@ impl Rules {
             if cx.d.limit.is_some_and(|l| i > l) {
                 break;
             }
-            let p = &self.plugins[i];
-            if p.request_matches(&cx) {
-                let v = p.request(&mut cx).await;
-                record(cx.d, i, v);
-            }
+            let v = match &self.plugins[i] {
+                Entry::Yaml(r) if r.request_matches(&cx) => r.request_now(&mut cx),
+                Entry::Rust(p) if p.request_matches(&cx) => p.request(&mut cx).await,
+                _ => continue,
+            };
+            record(cx.d, i, v);
         }
         cx.d.respond.take()
     }
@@ -176,7 +206,7 @@ impl Rules {
                 if cx.d.limit.is_some_and(|l| i > l) {
                     break;
                 }
-                let v = self.plugins[i].origin_response(&mut cx);
+                let v = self.plugins[i].plugin().origin_response(&mut cx);
                 record(cx.d, i, v);
             }
         }
@@ -229,7 +259,7 @@ impl Rules {
                 if d.limit.is_some_and(|l| i > l) {
                     break;
                 }
-                let v = self.plugins[i].deliver(&mut cx);
+                let v = self.plugins[i].plugin().deliver(&mut cx);
                 record(d, i, v);
             }
         }
@@ -245,21 +275,13 @@ impl Rules {
         names
     }
 
-    /// Appends the applied names to `out`. Rule names are checked at load to be letters,
-    /// digits and `- _ .`; a plugin's name is filtered to the same set, so the value stays a
-    /// valid `Cache-Status` token.
+    /// Appends the applied names to `out`, as the tokens made when each plugin was added.
     fn push_applied(&self, out: &mut String, d: &Decisions) {
         for (n, &i) in d.applied.iter().enumerate() {
             if n > 0 {
                 out.push('+');
             }
-            let name = self.plugins[i as usize].name();
-            let token = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
-            if name.bytes().all(token) {
-                out.push_str(name);
-            } else {
-                out.extend(name.chars().filter(|c| c.is_ascii() && token(*c as u8)));
-            }
+            out.push_str(&self.tokens[i as usize]);
         }
     }
 
@@ -271,7 +293,12 @@ impl Rules {
             .get("cache-status")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("shellac");
-        let mut value = String::with_capacity(old.len() + 24 + 16 * d.applied.len());
+        let names: usize = d
+            .applied
+            .iter()
+            .map(|&i| self.tokens[i as usize].len() + 1)
+            .sum();
+        let mut value = String::with_capacity(old.len() + 16 + names);
         match old.find("detail=") {
             Some(at) => {
                 let end = old[at..].find(';').map_or(old.len(), |e| at + e);
@@ -286,7 +313,7 @@ impl Rules {
                 self.push_applied(&mut value, d);
             }
         }
-        let _ = resp.insert_header("cache-status", value);
+        let _ = resp.insert_header(crate::cache::status::FIELD.clone(), value);
     }
 
     /// Writes a synthetic answer (deliver rules apply to it too).

@@ -122,8 +122,8 @@ pub struct Decisions {
     pub(crate) ttl: Option<Duration>,
     pub(crate) force_ttl: Option<Duration>,
     pub(crate) stale: Option<StaleDefaults>,
-    /// Plugins that applied, by index, in order; empty (no allocation) when none did.
-    pub(crate) applied: Vec<u16>,
+    /// Plugins that applied, by index, in order; up to eight without an allocation.
+    pub(crate) applied: smallvec::SmallVec<[u16; 8]>,
     /// A final plugin applied: no plugin after this index runs.
     pub(crate) limit: Option<usize>,
 }

@@ -28,7 +28,16 @@ pub struct Rule {
 #[derive(Default)]
 struct HeaderEdits {
     remove: Vec<HeaderName>,
-    set: Vec<(HeaderName, HeaderValue)>,
+    set: Vec<SetHeader>,
+}
+
+/// A header a rule sets, built once: its name as the operator spelled it (what Pingora writes on
+/// the wire), its name and its value, all over `'static` bytes ([`forever`]), so that setting it
+/// on a request copies pointers and writes no reference count another core also writes.
+struct SetHeader {
+    spelled: bytes::Bytes,
+    name: HeaderName,
+    value: HeaderValue,
 }
 
 impl HeaderEdits {
@@ -44,10 +53,20 @@ impl HeaderEdits {
         }
         for (n, v) in set {
             let p = format!("{at}.set_headers.{n}");
-            let name = header_name(&p, n)?;
-            let value = HeaderValue::from_str(v)
+            header_name(&p, n)?;
+            HeaderValue::from_str(v)
                 .or_else(|_| err(p, format!("{v:?} is not a valid header value")))?;
-            e.set.push((name, value));
+            // Both were just checked, so the static constructors cannot fail.
+            let name = HeaderName::from_static(forever(&n.to_ascii_lowercase()));
+            let value =
+                HeaderValue::from_maybe_shared(bytes::Bytes::from_static(forever(v).as_bytes()))
+                    .expect("checked above");
+            let spelled = bytes::Bytes::from_static(forever(n).as_bytes());
+            e.set.push(SetHeader {
+                spelled,
+                name,
+                value,
+            });
         }
         Ok(e)
     }
@@ -60,8 +79,8 @@ impl HeaderEdits {
         for n in &self.remove {
             req.remove_header(n);
         }
-        for (n, v) in &self.set {
-            let _ = req.insert_header(n.clone(), v.clone());
+        for h in &self.set {
+            let _ = req.insert_header(h.spelled.clone(), h.value.clone());
         }
     }
 
@@ -69,10 +88,17 @@ impl HeaderEdits {
         for n in &self.remove {
             resp.remove_header(n);
         }
-        for (n, v) in &self.set {
-            let _ = resp.insert_header(n.clone(), v.clone());
+        for h in &self.set {
+            let _ = resp.insert_header(h.spelled.clone(), h.value.clone());
         }
     }
+}
+
+/// Text of the compiled rules that requests copy from, kept for the life of the process. A
+/// reload is a new process (Pingora's graceful upgrade) and a config is compiled a handful of
+/// times per process (start-up, `-t`), so what is kept is bounded by the config's size.
+fn forever(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
 }
 
 fn header_name(at: &str, n: &str) -> Result<HeaderName, ConfigError> {
@@ -208,7 +234,7 @@ fn request(
             let h = HeaderEdits::compile(&format!("{p}.headers"), &[], &s.headers)?;
             Some(Arc::new(Synthetic {
                 status: s.status,
-                headers: h.set,
+                headers: h.set.into_iter().map(|h| (h.name, h.value)).collect(),
                 body: bytes::Bytes::from(s.body.clone()),
             }))
         }
@@ -280,15 +306,15 @@ fn key(at: &str, k: &KeyConf) -> Result<KeySpec, ConfigError> {
             h.iter()
                 .enumerate()
                 .map(|(i, n)| header_name(&format!("{at}.headers[{i}]"), n))
-                .collect::<Result<Vec<_>, _>>()?
-                .into(),
+                .collect::<Result<Vec<_>, _>>()?,
         ),
         None => None,
     };
+    // Kept for the process's life, as the set headers are ([`forever`]).
     Ok(KeySpec {
-        query: query.map(Arc::new),
-        headers,
-        cookies: k.cookies.as_ref().map(|c| c.clone().into()),
+        query: query.map(|q| &*Box::leak(Box::new(q))),
+        headers: headers.map(|h| &*h.leak()),
+        cookies: k.cookies.as_ref().map(|c| &*c.clone().leak()),
     })
 }
 
@@ -309,21 +335,10 @@ fn origin(at: &str, o: &OriginConf) -> Result<OriginActions, ConfigError> {
     })
 }
 
-#[async_trait]
-impl Plugin for Rule {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn phases(&self) -> Phases {
-        self.phases
-    }
-
-    fn request_matches(&self, cx: &RequestCx<'_>) -> bool {
-        self.when.matches(&cx.facts())
-    }
-
-    async fn request(&self, cx: &mut RequestCx<'_>) -> Verdict {
+impl Rule {
+    /// The request actions, synchronously: [`super::Rules`] calls this directly, so a YAML
+    /// rule costs no boxed future on the request path.
+    pub(crate) fn request_now(&self, cx: &mut RequestCx<'_>) -> Verdict {
         let Some(a) = &self.request else {
             return self.verdict();
         };
@@ -367,19 +382,32 @@ impl Plugin for Rule {
             cx.set_cache(c);
         }
         let k = cx.key();
-        if a.key.query.is_some() {
-            k.query.clone_from(&a.key.query);
-        }
-        if a.key.headers.is_some() {
-            k.headers.clone_from(&a.key.headers);
-        }
-        if a.key.cookies.is_some() {
-            k.cookies.clone_from(&a.key.cookies);
-        }
+        k.query = a.key.query.or(k.query);
+        k.headers = a.key.headers.or(k.headers);
+        k.cookies = a.key.cookies.or(k.cookies);
         if let Some(r) = &a.respond {
             cx.respond(r.clone());
         }
         self.verdict()
+    }
+}
+
+#[async_trait]
+impl Plugin for Rule {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn phases(&self) -> Phases {
+        self.phases
+    }
+
+    fn request_matches(&self, cx: &RequestCx<'_>) -> bool {
+        self.when.matches(&cx.facts())
+    }
+
+    async fn request(&self, cx: &mut RequestCx<'_>) -> Verdict {
+        self.request_now(cx)
     }
 
     fn origin_response(&self, cx: &mut OriginCx<'_>) -> Verdict {
