@@ -598,3 +598,80 @@ async fn an_unknown_length_response_over_max_object_reaches_the_writer_and_every
     assert!(r.body == *body);
     assert_eq!(origin.count(), 2);
 }
+
+/// Hits of `target` from `clients` concurrent clients, one after another each, for `dur`;
+/// returns (answers, answers that were not a 200 hit).
+async fn hits_for(
+    addr: SocketAddr,
+    target: &'static str,
+    clients: usize,
+    dur: Duration,
+) -> (usize, usize) {
+    let end = tokio::time::Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let (mut n, mut bad) = (0, 0);
+            let mut c = common::http::Client::connect(addr).await.unwrap();
+            while tokio::time::Instant::now() < end {
+                let r = c.request("GET", target, &[], b"").await.unwrap();
+                n += 1;
+                if r.status != 200 || !r.header("cache-status").is_some_and(|s| s.contains("hit")) {
+                    bad += 1;
+                }
+            }
+            (n, bad)
+        }));
+    }
+    let mut total = (0, 0);
+    for t in tasks {
+        let (n, bad) = t.await.unwrap();
+        total = (total.0 + n, total.1 + bad);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_hits_read_each_purge_marker_once_per_purge_check_even_when_memcached_is_gone() {
+    // A hit checks the host's invalidation markers, and a memory copy its URL's fleet purge
+    // marker, when they are older than purge_check (500 ms here). One hit per due marker
+    // reads it; the others go by the value it replaces. Before, every hit that found a marker
+    // due read it too, and a read that failed left it due for every next hit: with memcached
+    // gone (or slow under load), every hit on a hot object paid four memcached reads.
+    let mc = Memcached::start();
+    let origin = Origin::start(slow_origin_reply(Duration::ZERO)).await;
+    let node = Shellac::start(&config(&origin, &[&mc], "16MiB")).await;
+    assert_eq!(node.get("/hot").await.status, 200);
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    // A hit reads the markers for the first time, while memcached is still there.
+    assert!(node
+        .get("/hot")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    let mut mc = mc;
+    mc.kill();
+    let reads = || async {
+        let mut n = 0.0;
+        for op in ["invalidation", "purge_marker"] {
+            n += node
+                .metric_or_zero("shellac_memcached_errors_total", &[("op", op)])
+                .await;
+        }
+        n
+    };
+    let before = reads().await;
+    let dur = Duration::from_millis(1600);
+    let (answers, bad) = hits_for(node.addr, "/hot", 20, dur).await;
+    let spent = reads().await - before;
+    assert_eq!(bad, 0, "every answer a hit from memory, memcached or not");
+    assert!(answers > 100, "{answers} answers");
+    // Four markers (all, host, host prefixes, URL), each due at most once per 500 ms: at most
+    // four rounds in 1.6 s, and a round's four reads.
+    assert!(
+        spent <= 20.0,
+        "{spent} failed marker reads for {answers} hits (one per due marker expected)"
+    );
+    assert_eq!(origin.count(), 1, "no hit went to the origin");
+}

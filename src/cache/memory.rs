@@ -126,14 +126,17 @@ impl Entry {
     pub(crate) fn header(&self) -> &ResponseHeader {
         &self.meta.header
     }
-    /// True at most once per `every` (racing callers may both see true; harmless).
-    pub(crate) fn check_due(&self, now: SystemTime, every: Duration) -> bool {
+    /// True at most once per `every`, for one caller: the one that moves the check time to
+    /// `now`. Concurrent hits on a hot entry then send one purge-marker read per `every`, not
+    /// one each, and a read that fails is retried after `every` too, not by every next hit.
+    pub(crate) fn claim_check(&self, now: SystemTime, every: Duration) -> bool {
         let now_ms = millis(now);
         let last = self.checked_ms.load(Ordering::Relaxed);
         now_ms.saturating_sub(last) >= every.as_millis() as u64
-    }
-    pub(crate) fn mark_checked(&self, now: SystemTime) {
-        self.checked_ms.store(millis(now), Ordering::Relaxed);
+            && self
+                .checked_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The stored meta as Pingora sees it on a hit (for inspection).

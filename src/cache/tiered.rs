@@ -102,12 +102,10 @@ impl Tiered {
         if let Some(l1) = self.l1 {
             if let Some(e) = l1.entry(key) {
                 let (v, mut purged) = super::invalidation::on_lookup(key, &e).await;
-                if let (Some(fleet), true) = (&self.fleet, e.check_due(now, self.purge_check)) {
-                    match fleet.purged_since(key, e.created()).await {
-                        Some(true) => purged = true,
-                        Some(false) => e.mark_checked(now),
-                        None => {}
-                    }
+                if let (Some(fleet), true) = (&self.fleet, e.claim_check(now, self.purge_check)) {
+                    // Unknown (memcached could not say) serves the copy, as a purge marker
+                    // that cannot be read does everywhere; it is asked again after purge_check.
+                    purged |= fleet.purged_since(key, e.created()).await == Some(true);
                 }
                 if purged {
                     l1.remove_key(key);

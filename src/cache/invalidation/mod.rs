@@ -188,21 +188,32 @@ impl Invalidator {
         if self.l2.is_none() && self.cache.lock().is_empty() {
             return Verdict::Keep; // memory only and nothing ever purged: the common case
         }
-        let mut names = vec!["all".to_string(), format!("h:{host}"), format!("x:{host}")];
-        names.extend(tags.map(|t| format!("t:{t}")));
         let now = Instant::now();
         let mut total = Marks::default();
+        // Names read from memcached by this request: never read yet, or due. A due name is
+        // claimed (its time moved to now) so that concurrent requests go by the value it
+        // replaces instead of reading too: one read per name per `purge_check` and node, where
+        // every hit reading a due name at once had memcached's connections churn, the reads
+        // time out under load, and the names stay due for every following hit.
         let mut due: Vec<(String, Option<Value>)> = Vec::new();
+        let mut name = String::with_capacity(64);
         {
-            let cache = self.cache.lock();
-            for n in names {
-                match cache.get(&n) {
+            let mut cache = self.cache.lock();
+            let fixed = [("all", ""), ("h:", host), ("x:", host)];
+            for (kind, of) in fixed.into_iter().chain(tags.map(|t| ("t:", t))) {
+                name.clear();
+                name.push_str(kind);
+                name.push_str(of);
+                match cache.get_mut(name.as_str()) {
                     Some((v, at)) if self.l2.is_none() || now - *at < self.purge_check => {
                         total = total.merge(apply(v, path));
                     }
-                    Some((v, _)) => due.push((n, Some(v.clone()))),
+                    Some((v, at)) => {
+                        *at = now;
+                        due.push((name.clone(), Some(v.clone())));
+                    }
                     None if self.l2.is_none() => {}
-                    None => due.push((n, None)),
+                    None => due.push((name.clone(), None)),
                 }
             }
         }
@@ -231,11 +242,16 @@ impl Invalidator {
                         total = total.merge(apply(&v, path));
                         cache.insert(n, (v, now));
                     }
-                    None => {
-                        if let Some(v) = old {
-                            total = total.merge(apply(&v, path));
+                    // memcached could not say: go by what was last read (nothing, for a name
+                    // never read, which is then asked again after purge_check like any other).
+                    None => match old {
+                        Some(v) => total = total.merge(apply(&v, path)),
+                        None => {
+                            cache
+                                .entry(n.clone())
+                                .or_insert_with(|| (decode(&n, None), now));
                         }
-                    }
+                    },
                 }
             }
         }
