@@ -87,6 +87,9 @@ fn is_timeout(e: &memcache::exp::Error) -> bool {
     }
 }
 
+/// Idle connections kept per memcached server by each node's lookup client.
+pub const IDLE_CONNECTIONS: usize = 1024;
+
 impl MemcachedStorage {
     pub(super) fn builder(&self) -> memcache::exp::MetaClientBuilder {
         AsyncMetaClient::builder()
@@ -94,7 +97,11 @@ impl MemcachedStorage {
             // The client bounds the longest exchange; `exchange` enforces each one's own deadline.
             .io_timeout(Some(self.settings.timeout.max(self.settings.body_timeout)))
             .connect_timeout(Some(self.settings.timeout))
-            .max_idle(256)
+            // An exchange holds a connection, so a node keeps open as many as it has lookups in
+            // flight, up to this many per server. At 256, 1000 client connections made the
+            // pool close and reopen about 450 connections a second: lookups timed out while
+            // connecting and p99 rose from 0.15 s to 4 s (docs/shared-tier.md).
+            .max_idle(IDLE_CONNECTIONS)
     }
 
     /// The client for body chunk reads (see [`MemcachedStorage`]'s `bulk`): as many idle
