@@ -3,9 +3,9 @@
 //! cardinality is fixed by the config, never by traffic.
 
 use prometheus::{
-    exponential_buckets, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    exponential_buckets, register_histogram, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Histogram, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::sync::LazyLock;
 
@@ -339,6 +339,15 @@ pub static MEMCACHED_EXCHANGE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|
     .unwrap()
 });
 
+pub static MEMCACHED_LOOKUP_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "shellac_memcached_lookup_batch_size",
+        "Lookups sent to one memcached server in one pipelined exchange: 1 under light load, more as concurrent lookups queue while a batch is out",
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+    )
+    .unwrap()
+});
+
 pub static MEMCACHED_BREAKER_STATE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "shellac_memcached_breaker_state",
@@ -373,6 +382,7 @@ pub fn init_memcached() {
     LazyLock::force(&MEMCACHED_WRITTEN_BYTES);
     LazyLock::force(&MEMCACHED_ERRORS);
     LazyLock::force(&MEMCACHED_EXCHANGE_DURATION);
+    LazyLock::force(&MEMCACHED_LOOKUP_BATCH);
     LazyLock::force(&MEMCACHED_BREAKER_STATE);
     LazyLock::force(&MEMCACHED_REJECTED);
     for r in ["resumed", "aborted"] {

@@ -284,3 +284,57 @@ async fn a_hung_memcached_costs_at_most_its_timeout() {
         "worst request {worst:?} with memcached hung"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_lookups_share_pipelined_exchanges_and_a_few_connections() {
+    // Lookups of concurrent hits are queued per server and sent together: the node keeps a
+    // couple of lookup connections busy instead of one per hit in flight, and the batches grow
+    // with the queue. Before: about one connection per concurrent hit (hundreds, reopened as
+    // the idle pool overflowed) and one exchange per hit.
+    let mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "200ms")).await;
+    assert_eq!(node.get("/small").await.body, body_for("/small"));
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    // A first hit reads the host's invalidation markers, which are then read once per
+    // purge_check, not by each hit.
+    assert!(node
+        .get("/small")
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    let connections = mc.stat("total_connections");
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let addr = node.addr;
+        clients.push(tokio::spawn(async move {
+            let mut c = common::http::Client::connect(addr).await.unwrap();
+            for _ in 0..20 {
+                let r = c.request("GET", "/small", &[], b"").await.unwrap();
+                assert_eq!(r.body, body_for("/small"), "byte-exact");
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let opened = mc.stat("total_connections") - connections;
+    let batches = node
+        .metric("shellac_memcached_lookup_batch_size_count", &[])
+        .await;
+    let lookups = node
+        .metric("shellac_memcached_lookup_batch_size_sum", &[])
+        .await;
+    assert!(lookups >= 2000.0, "{lookups} lookups batched");
+    assert!(
+        batches < lookups,
+        "{batches} batches for {lookups} lookups: some went together"
+    );
+    // Two lookup batches in flight, plus the writes and chunk reads of this node.
+    assert!(
+        opened <= 16,
+        "{opened} memcached connections opened for 2000 hits"
+    );
+    assert_eq!(origin.count_path("/small"), 1, "every later request a hit");
+}

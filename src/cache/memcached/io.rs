@@ -1,6 +1,7 @@
 //! Talking to memcached: the lazily built client, one bounded and breaker-gated exchange at a
 //! time, and the item-level operations the storage is built from.
 
+use super::batch;
 use super::breaker::{self, StableRendezvous};
 use super::entry::{self, Body, Head};
 use super::seal::Kind;
@@ -97,10 +98,11 @@ impl MemcachedStorage {
             // The client bounds the longest exchange; `exchange` enforces each one's own deadline.
             .io_timeout(Some(self.settings.timeout.max(self.settings.body_timeout)))
             .connect_timeout(Some(self.settings.timeout))
-            // An exchange holds a connection, so a node keeps open as many as it has lookups in
-            // flight, up to this many per server. At 256, 1000 client connections made the
-            // pool close and reopen about 450 connections a second: lookups timed out while
-            // connecting and p99 rose from 0.15 s to 4 s (docs/shared-tier.md).
+            // An exchange holds a connection, so a node keeps open as many as it has exchanges
+            // in flight, up to this many per server. At 256 (before lookups were batched),
+            // 1000 client connections made the pool close and reopen about 450 connections a
+            // second: lookups timed out while connecting and p99 rose from 0.15 s to 4 s
+            // (docs/shared-tier.md).
             .max_idle(IDLE_CONNECTIONS)
     }
 
@@ -116,6 +118,19 @@ impl MemcachedStorage {
             })
             .await
             .map_err(McError::Client)
+    }
+
+    /// The lookup batcher ([`super::batch`]), started on first use on the caller's runtime.
+    pub(super) async fn lookups(
+        &'static self,
+    ) -> std::result::Result<&'static batch::Batcher, McError> {
+        let client = self.client().await?;
+        Ok(self
+            .lookups
+            .get_or_init(|| async {
+                batch::Batcher::start(client, self.ids.len(), self.settings.timeout)
+            })
+            .await)
     }
 
     pub(crate) async fn client(&self) -> std::result::Result<&AsyncMetaClient, McError> {
@@ -304,8 +319,12 @@ impl MemcachedStorage {
         hex: &str,
     ) -> std::result::Result<Option<(Head, u64)>, McError> {
         let key = self.head_key(hex);
-        let client = self.client().await?;
-        let fut = client.get(&key).meta(Meta::NONE.cas()).send();
+        let lookups = self.lookups().await?;
+        let fut = async {
+            let mut r = lookups.get(self.server_of(&key), vec![key.clone()]).await?;
+            r.pop()
+                .unwrap_or_else(|| Err(memcache::exp::Error::Protocol("no answer".into())))
+        };
         let r = self.exchange("get_head", &[&key], fut, |_| vec![]).await?;
         self.decode_head_reply(key, r)
     }
@@ -322,13 +341,13 @@ impl MemcachedStorage {
         if self.server_of(&head_key) != self.server_of(&marker_key) {
             return None;
         }
-        let client = match self.client().await {
-            Ok(c) => c,
+        let lookups = match self.lookups().await {
+            Ok(b) => b,
             Err(e) => return Some(Err(e)),
         };
-        let ops = [&head_key, &marker_key].map(|k| Get::new(k).meta(Meta::NONE.cas()));
         let keys = [head_key.as_str(), marker_key.as_str()];
-        let fut = client.run_many(ops);
+        let server = self.server_of(&head_key);
+        let fut = lookups.get(server, vec![head_key.clone(), marker_key.clone()]);
         let results = match self
             .exchange("get_head", &keys, fut, |r| Self::batch_outcome(r))
             .await

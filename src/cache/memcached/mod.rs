@@ -12,6 +12,7 @@
 //! exchange gives up after `timeout`, and a per-server circuit breaker ([`breaker`]) stops
 //! asking a server that keeps failing, so an outage costs a few timeouts, not one per request.
 
+mod batch;
 pub mod breaker;
 pub mod entry;
 pub mod fleet;
@@ -55,6 +56,8 @@ pub struct MemcachedStorage {
     /// Body chunk reads get connections of their own, so a lookup never queues behind a
     /// large value and the large read buffers stay on a few reused connections.
     bulk: OnceCell<AsyncMetaClient>,
+    /// Head and purge-marker reads of concurrent lookups, sent together ([`batch`]).
+    lookups: OnceCell<batch::Batcher>,
     breakers: std::sync::Arc<Breakers>,
     /// Authenticates every value written and read (a no-op without `key_file`).
     seal: seal::Sealer,
@@ -80,6 +83,7 @@ impl MemcachedStorage {
             settings,
             client: OnceCell::new(),
             bulk: OnceCell::new(),
+            lookups: OnceCell::new(),
         }
     }
 
