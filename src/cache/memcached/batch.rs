@@ -34,8 +34,9 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts one dispatcher per server on the current tokio runtime; a batch gives up after
-    /// `deadline` (the lookup timeout: no caller waits longer).
+    /// Starts one dispatcher per server on the current tokio runtime (the first lookup's:
+    /// the proxy's or the admin service's, both as long-lived as the process and as many
+    /// threads); a batch gives up after `deadline` (the lookup timeout: no caller waits longer).
     pub(super) fn start(
         client: &'static AsyncMetaClient,
         servers: usize,
