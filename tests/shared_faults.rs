@@ -599,38 +599,6 @@ async fn an_unknown_length_response_over_max_object_reaches_the_writer_and_every
     assert_eq!(origin.count(), 2);
 }
 
-/// Hits of `target` from `clients` concurrent clients, one after another each, for `dur`;
-/// returns (answers, answers that were not a 200 hit).
-async fn hits_for(
-    addr: SocketAddr,
-    target: &'static str,
-    clients: usize,
-    dur: Duration,
-) -> (usize, usize) {
-    let end = tokio::time::Instant::now() + dur;
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        tasks.push(tokio::spawn(async move {
-            let (mut n, mut bad) = (0, 0);
-            let mut c = common::http::Client::connect(addr).await.unwrap();
-            while tokio::time::Instant::now() < end {
-                let r = c.request("GET", target, &[], b"").await.unwrap();
-                n += 1;
-                if r.status != 200 || !r.header("cache-status").is_some_and(|s| s.contains("hit")) {
-                    bad += 1;
-                }
-            }
-            (n, bad)
-        }));
-    }
-    let mut total = (0, 0);
-    for t in tasks {
-        let (n, bad) = t.await.unwrap();
-        total = (total.0 + n, total.1 + bad);
-    }
-    total
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_hits_read_each_purge_marker_once_per_purge_check_even_when_memcached_is_gone() {
     // A hit checks the host's invalidation markers, and a memory copy its URL's fleet purge
@@ -662,8 +630,16 @@ async fn hot_hits_read_each_purge_marker_once_per_purge_check_even_when_memcache
         n
     };
     let before = reads().await;
-    let dur = Duration::from_millis(1600);
-    let (answers, bad) = hits_for(node.addr, "/hot", 20, dur).await;
+    let end = tokio::time::Instant::now() + Duration::from_millis(1600);
+    let got = common::load::sequential_clients(node.addr, "/hot", 20, move |_| {
+        tokio::time::Instant::now() < end
+    })
+    .await;
+    let answers = got.len();
+    let hit = |r: &common::http::Response| {
+        r.status == 200 && r.header("cache-status").is_some_and(|s| s.contains("hit"))
+    };
+    let bad = got.iter().filter(|r| !hit(r)).count();
     let spent = reads().await - before;
     assert_eq!(bad, 0, "every answer a hit from memory, memcached or not");
     assert!(answers > 100, "{answers} answers");

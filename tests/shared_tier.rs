@@ -305,19 +305,10 @@ async fn concurrent_lookups_share_pipelined_exchanges_and_a_few_connections() {
         .unwrap()
         .contains("hit"));
     let connections = mc.stat("total_connections");
-    let mut clients = Vec::new();
-    for _ in 0..100 {
-        let addr = node.addr;
-        clients.push(tokio::spawn(async move {
-            let mut c = common::http::Client::connect(addr).await.unwrap();
-            for _ in 0..20 {
-                let r = c.request("GET", "/small", &[], b"").await.unwrap();
-                assert_eq!(r.body, body_for("/small"), "byte-exact");
-            }
-        }));
-    }
-    for c in clients {
-        c.await.unwrap();
+    let got = common::load::sequential_clients(node.addr, "/small", 100, |n| n < 20).await;
+    assert_eq!(got.len(), 2000);
+    for r in &got {
+        assert_eq!(r.body, body_for("/small"), "byte-exact");
     }
     let opened = mc.stat("total_connections") - connections;
     let batches = node

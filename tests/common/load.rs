@@ -260,3 +260,30 @@ impl Load {
         self.stats
     }
 }
+
+/// `clients` keep-alive clients asking for `target`, each one request after another while
+/// `more(requests it made so far)` holds; every response, in no particular order.
+pub async fn sequential_clients(
+    addr: SocketAddr,
+    target: &'static str,
+    clients: usize,
+    more: impl Fn(usize) -> bool + Clone + Send + 'static,
+) -> Vec<Response> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let more = more.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = super::http::Client::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            while more(got.len()) {
+                got.push(c.request("GET", target, &[], b"").await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
