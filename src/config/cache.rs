@@ -186,7 +186,8 @@ pub struct Memcached {
     #[serde(default = "namespace")]
     pub namespace: String,
     /// How often a node's memory copy re-checks whether it was purged elsewhere: the bound on
-    /// how long a purge on one node can leave another node serving the object.
+    /// how long a purge on one node can leave another node serving the object (plus the one
+    /// memcached read that re-checks; concurrent hits go by the last answer meanwhile).
     #[serde(default = "ms::<500>", deserialize_with = "values::duration")]
     pub purge_check: Duration,
     /// Bodies up to this size are stored inside the head item: one round trip per hit.
