@@ -70,10 +70,7 @@ impl Rules {
         let mut plugins = Vec::with_capacity(conf.len());
         for (i, c) in conf.iter().enumerate() {
             let at = format!("rules[{i}]");
-            let valid = !c.name.is_empty()
-                && c.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            let valid = !c.name.is_empty() && c.name.chars().all(is_token);
             if !valid {
                 return crate::config::err(
                     format!("{at}.name"),
@@ -136,10 +133,10 @@ impl Rules {
                 list.push(i);
             }
         }
-        // Rule names are checked at load to be letters, digits and `- _ .`; a Rust plugin's
-        // name is filtered to the same set, so the value stays a valid `Cache-Status` token.
-        let token = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-        self.tokens.push(p.name().chars().filter(token).collect());
+        // Rule names are checked at load to be tokens; a Rust plugin's name is filtered to the
+        // same set, so the value stays a valid `Cache-Status` token.
+        self.tokens
+            .push(p.name().chars().filter(|c| is_token(*c)).collect());
         self.plugins.push(e);
     }
 
@@ -344,6 +341,11 @@ impl Rules {
         }
         Ok(())
     }
+}
+
+/// What a plugin name may hold: letters, digits and `- _ .` (it goes into `Cache-Status`).
+fn is_token(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
 fn record(d: &mut Decisions, i: usize, v: Verdict) {

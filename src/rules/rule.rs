@@ -32,11 +32,10 @@ struct HeaderEdits {
 }
 
 /// A header a rule sets, built once: its name as the operator spelled it (what Pingora writes on
-/// the wire), its name and its value, all over `'static` bytes ([`forever`]), so that setting it
-/// on a request copies pointers and writes no reference count another core also writes.
+/// the wire) and its value, both over `'static` bytes ([`forever`]), so that setting it on a
+/// request copies pointers and writes no reference count another core also writes.
 struct SetHeader {
     spelled: bytes::Bytes,
-    name: HeaderName,
     value: HeaderValue,
 }
 
@@ -54,19 +53,11 @@ impl HeaderEdits {
         for (n, v) in set {
             let p = format!("{at}.set_headers.{n}");
             header_name(&p, n)?;
-            HeaderValue::from_str(v)
+            let value = bytes::Bytes::from_static(forever(v).as_bytes());
+            let value = HeaderValue::from_maybe_shared(value)
                 .or_else(|_| err(p, format!("{v:?} is not a valid header value")))?;
-            // Both were just checked, so the static constructors cannot fail.
-            let name = HeaderName::from_static(forever(&n.to_ascii_lowercase()));
-            let value =
-                HeaderValue::from_maybe_shared(bytes::Bytes::from_static(forever(v).as_bytes()))
-                    .expect("checked above");
             let spelled = bytes::Bytes::from_static(forever(n).as_bytes());
-            e.set.push(SetHeader {
-                spelled,
-                name,
-                value,
-            });
+            e.set.push(SetHeader { spelled, value });
         }
         Ok(e)
     }
@@ -234,7 +225,14 @@ fn request(
             let h = HeaderEdits::compile(&format!("{p}.headers"), &[], &s.headers)?;
             Some(Arc::new(Synthetic {
                 status: s.status,
-                headers: h.set.into_iter().map(|h| (h.name, h.value)).collect(),
+                headers: h
+                    .set
+                    .into_iter()
+                    .map(|h| {
+                        let name = HeaderName::from_bytes(&h.spelled).expect("checked at compile");
+                        (name, h.value)
+                    })
+                    .collect(),
                 body: bytes::Bytes::from(s.body.clone()),
             }))
         }

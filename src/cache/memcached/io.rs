@@ -338,7 +338,8 @@ impl MemcachedStorage {
         primary: &str,
     ) -> Option<std::result::Result<(HeadRead, MarkerRead), McError>> {
         let (head_key, marker_key) = (self.head_key(hex), self.marker_key(primary));
-        if self.server_of(&head_key) != self.server_of(&marker_key) {
+        let server = self.server_of(&head_key);
+        if server != self.server_of(&marker_key) {
             return None;
         }
         let lookups = match self.lookups().await {
@@ -346,7 +347,6 @@ impl MemcachedStorage {
             Err(e) => return Some(Err(e)),
         };
         let keys = [head_key.as_str(), marker_key.as_str()];
-        let server = self.server_of(&head_key);
         let fut = lookups.get(server, vec![head_key.clone(), marker_key.clone()]);
         let results = match self
             .exchange("get_head", &keys, fut, |r| Self::batch_outcome(r))
