@@ -89,7 +89,7 @@ pub static HEADER_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static ACCESS_LOG_LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "shellac_access_log_lines_total",
-        "Access-log lines by result: `written`, `dropped` (queue full: the disk is too slow), `failed` (write error)",
+        "Access-log lines by result: `written`, `dropped` (pending lines full: the disk is too slow), `failed` (write error)",
         &["result"]
     )
     .unwrap()

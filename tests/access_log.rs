@@ -241,3 +241,33 @@ async fn stderr_target_and_off() {
     assert_eq!(lines, 0.0);
     assert!(!off.log().contains("not-logged"));
 }
+
+/// Lines wait in per-thread shards and are written in batches: under concurrent load every
+/// request still gets exactly one whole line, and none is dropped while the disk keeps up.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_each_get_one_whole_line() {
+    let origin = origin().await;
+    let config = simple_config(&[&origin], "", "") + "access_log: {target: \"{DIR}/access.log\"}\n";
+    let shellac = Shellac::start(&config).await;
+    let responses =
+        common::load::sequential_clients(shellac.addr, "/burst?n=700", 16, |n| n < 200).await;
+    assert_eq!(responses.len(), 16 * 200);
+    let ids: Vec<String> = responses
+        .iter()
+        .map(|r| r.header("x-request-id").expect("a request id").to_string())
+        .collect();
+    let by_id = lines_for(&shellac.dir.join("access.log"), &ids).await;
+    for id in &ids {
+        let lines = &by_id[id];
+        assert_eq!(lines.len(), 1, "{id}: {lines:?}");
+        let f: Vec<&str> = lines[0].split(' ').collect();
+        assert_eq!(f.len(), 12, "{}", lines[0]);
+        assert_eq!(&f[4..7], ["/burst?n=700", "200", "700"], "{}", lines[0]);
+    }
+    for (result, lines) in [("written", ids.len()), ("dropped", 0)] {
+        let counted = shellac
+            .metric("shellac_access_log_lines_total", &[("result", result)])
+            .await;
+        assert_eq!(counted as usize, lines, "{result}");
+    }
+}
