@@ -19,7 +19,7 @@ for r in rows:
 tests = list(dict.fromkeys(r["test"] for r in rows))
 conns = sorted({int(r["conns"]) for r in rows})
 proxies = list(dict.fromkeys(r["proxy"] for r in rows))
-order = ["nginx", "varnish", "shellac", "shellac-rules", "shellac-tiered", "shellac-mc"]
+order = ["nginx", "varnish", "shellac", "shellac-log", "shellac-rules", "shellac-tiered", "shellac-mc"]
 proxies.sort(key=lambda p: order.index(p) if p in order else len(order))
 names = {"hit1k": "1 KiB hit", "hittag": "1 KiB hit, 4 tags", "hit256k": "256 KiB hit",
          "dyn": "dynamic-page hit",
@@ -87,7 +87,8 @@ for t in tests:
                   f"{med(rs, 'p50_ms'):.2f} | {p99:.2f} | {errors} | {origin:,.0f} | {per_obj} | "
                   f"{rss:.0f} | {' | '.join(ratios)} |")
 print()
-print("Proxies: `shellac` memory tier (256 MiB); `shellac-rules` the same with conf/rules.yaml's "
+print("Proxies: `shellac` memory tier (256 MiB); `shellac-log` the same with the access log "
+      "on as conf/shellac.yaml ships it (stderr, sent to a file); `shellac-rules` the same with conf/rules.yaml's "
       "12 recipes loaded; `shellac-tiered` memory + memcached; "
       "`shellac-mc` memcached only (`memory: {size: 0}`); nginx `proxy_cache` 256 MiB on tmpfs "
       "with `proxy_cache_lock on`; Varnish `-s malloc,256m`. Errors: wrk socket errors + non-2xx. "
