@@ -14,6 +14,26 @@ pub fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
+/// Returns once the clock is past millisecond `t`. A copy stored in a purge's millisecond
+/// counts as purged (it may predate the purge), so a purge answers only once its millisecond
+/// is over: what a client fetches after the answer is stored later, and kept. Without this a
+/// refetch right after a purge was stored and then dropped as purged on its next lookup.
+pub async fn past_millisecond(t: u64) {
+    loop {
+        let now = SystemTime::now();
+        if millis(now) > t {
+            return;
+        }
+        let rest = 1_000
+            - now
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_micros()
+                % 1_000;
+        tokio::time::sleep(Duration::from_micros(u64::from(rest))).await;
+    }
+}
+
 /// When something was last purged hard (gone) and soft (stale). A hard purge is a soft one
 /// too, so `soft >= hard` always holds for values written here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +76,7 @@ impl Marks {
 
     pub fn verdict(self, stored: SystemTime) -> Verdict {
         let at = millis(stored);
+        // The marker's own millisecond counts as purged (as for URL markers).
         if self.hard != 0 && self.hard >= at {
             Verdict::Purged
         } else if self.soft != 0 && self.soft >= at {

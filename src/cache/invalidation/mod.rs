@@ -301,6 +301,7 @@ impl Invalidator {
         metrics::CACHE_INVALIDATIONS
             .with_label_values(&[target.kind(), if soft { "soft" } else { "hard" }])
             .inc();
+        marks::past_millisecond(m.soft).await;
         Ok(())
     }
 }

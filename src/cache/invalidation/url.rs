@@ -20,7 +20,9 @@ pub async fn purge(tiered: &'static Tiered, key: &CacheKey, soft: bool) -> Resul
         .with_label_values(&["url", mode])
         .inc();
     if !soft {
-        return tiered.purge_all(key, true).await;
+        let found = tiered.purge_all(key, true).await;
+        super::marks::past_millisecond(super::marks::millis(SystemTime::now())).await;
+        return found;
     }
     let span = Span::inactive().handle();
     let now = SystemTime::now();
@@ -46,5 +48,6 @@ pub async fn purge(tiered: &'static Tiered, key: &CacheKey, soft: bool) -> Resul
             .await
             .map_err(|e| e.to_string())?;
     }
+    super::marks::past_millisecond(super::marks::millis(now)).await;
     Ok(found)
 }

@@ -10,12 +10,13 @@
 //! - head: `NS:h:H`
 //! - chunk `i` of write `W`: `NS:c:H:W:i` (`W` as 16 hex digits, `i` decimal)
 //!
-//! # Head item, format version 1 (all integers big-endian)
+//! # Head item, format version 2 (all integers big-endian)
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic          b"SHLC"
-//!      4    1 version        1; another version is a miss (bump the namespace on a change)
+//!      4    1 version        2 (1 is still read: its header is Pingora's zstd form); another
+//!                            version is a miss
 //!      5    1 flags          bit 0: the body is inline in this item; other bits must be 0
 //!      6    2 reserved       0
 //!      8    8 write_id       random per fill; names this fill's chunks
@@ -24,7 +25,7 @@
 //!     28    4 internal_len
 //!     32    n internal       CacheMeta::serialize().0 (msgpack)
 //!           4 header_len
-//!           m header         CacheMeta::serialize().1 (zstd'd HTTP/1.1 header)
+//!           m header         the response header, plain ([`super::meta`])
 //!           b body           body_len bytes, only when inline
 //!           4 crc32          CRC-32 (IEEE) of every byte above
 //! ```
@@ -47,7 +48,9 @@ use bytes::Bytes;
 use std::time::{Duration, SystemTime};
 
 pub const MAGIC: [u8; 4] = *b"SHLC";
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest version still read.
+const OLDEST_VERSION: u8 = 1;
 const FLAG_INLINE: u8 = 1;
 const FIXED_LEN: usize = 32;
 const CRC_LEN: usize = 4;
@@ -79,6 +82,8 @@ pub enum Body {
 /// A decoded head item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
+    /// Which form `header` has ([`super::meta::decode`]); heads are written at [`FORMAT_VERSION`].
+    pub version: u8,
     pub write_id: u64,
     pub body_len: usize,
     pub internal: Bytes,
@@ -96,7 +101,8 @@ impl Head {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        encode_head(
+        encode_version(
+            self.version,
             self.write_id,
             self.body_len,
             &self.internal,
@@ -131,6 +137,17 @@ pub fn encode_head(
     header: &[u8],
     body: HeadBody<'_>,
 ) -> Vec<u8> {
+    encode_version(FORMAT_VERSION, write_id, body_len, internal, header, body)
+}
+
+fn encode_version(
+    version: u8,
+    write_id: u64,
+    body_len: usize,
+    internal: &[u8],
+    header: &[u8],
+    body: HeadBody<'_>,
+) -> Vec<u8> {
     let (flags, chunk_size, inline) = match body {
         HeadBody::Inline(b) => (FLAG_INLINE, 0u32, b),
         HeadBody::Chunked(cs) => (0, cs as u32, &[][..]),
@@ -138,7 +155,7 @@ pub fn encode_head(
     let mut out =
         Vec::with_capacity(FIXED_LEN + internal.len() + 4 + header.len() + inline.len() + CRC_LEN);
     out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_VERSION);
+    out.push(version);
     out.push(flags);
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&write_id.to_be_bytes());
@@ -194,7 +211,8 @@ pub fn decode_head(value: Bytes) -> Result<Head, DecodeError> {
     if c.take(4, "magic")? != MAGIC {
         return Err(DecodeError("bad magic"));
     }
-    if c.take(1, "version")?[0] != FORMAT_VERSION {
+    let version = c.take(1, "version")?[0];
+    if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(DecodeError("unknown format version"));
     }
     let flags = c.take(1, "flags")?[0];
@@ -231,6 +249,7 @@ pub fn decode_head(value: Bytes) -> Result<Head, DecodeError> {
         return Err(DecodeError("trailing bytes in head"));
     }
     Ok(Head {
+        version,
         write_id,
         body_len,
         internal: value.slice(internal_at..internal_at + internal_len),
@@ -399,7 +418,7 @@ mod tests {
             if let Ok(h) = decode_head(Bytes::from(v.clone())) {
                 accepted_mutants += 1;
                 assert_eq!(h.encode(), v, "a decoded head re-encodes to the same bytes");
-                let _ = pingora::cache::CacheMeta::deserialize(&h.internal, &h.header);
+                let _ = super::super::meta::decode(&h);
                 // Whatever decodes must be self-consistent.
                 if let Body::Inline(b) = &h.body {
                     assert_eq!(b.len(), h.body_len);
@@ -408,8 +427,18 @@ mod tests {
             }
             // The meta blobs come from the same hostile bytes on a real lookup.
             let split = (next(&mut rng) as usize) % (v.len() + 1);
-            let _ = pingora::cache::CacheMeta::deserialize(&v[..split], &v[split..]);
-            let _ = decode_chunk(Bytes::from(v), 7, 0, 5);
+            let v = Bytes::from(v);
+            for version in [1, FORMAT_VERSION] {
+                let _ = super::super::meta::decode(&Head {
+                    version,
+                    write_id: 0,
+                    body_len: 0,
+                    internal: v.slice(..split),
+                    header: v.slice(split..),
+                    body: Body::Inline(Bytes::new()),
+                });
+            }
+            let _ = decode_chunk(v, 7, 0, 5);
         }
         // Only the "recomputed CRC" mutants can decode, and only when they hit a field with no
         // check (write id, body length of a chunked head, payload bytes).

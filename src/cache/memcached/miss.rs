@@ -188,9 +188,9 @@ impl HandleMiss for McMiss {
             }
         }
         if stored::needs_framing(self.status, self.declared_len, self.chunked, self.total) {
-            let mut meta = CacheMeta::deserialize(&self.internal, &self.header)?;
+            let mut meta = super::meta::decode_current(&self.internal, &self.header)?;
             stored::frame(meta.response_header_mut(), self.total);
-            (self.internal, self.header) = meta.serialize()?;
+            (self.internal, self.header) = super::meta::encode(&meta)?;
         }
         let body = if inline {
             HeadBody::Inline(&self.buf)

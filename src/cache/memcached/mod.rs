@@ -18,6 +18,7 @@ pub mod entry;
 pub mod fleet;
 mod hit;
 mod io;
+mod meta;
 mod miss;
 pub mod peek;
 pub mod seal;
@@ -150,7 +151,7 @@ impl MemcachedStorage {
             Ok(None) | Err(McError::Corrupt(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let Ok(old) = CacheMeta::deserialize(&head.internal, &head.header) else {
+        let Ok(old) = meta::decode(&head) else {
             return Ok(false);
         };
         let Some(mut meta) = new(old) else {
@@ -167,10 +168,10 @@ impl MemcachedStorage {
             }
             Err(e) => return Err(e),
         }
-        let (internal, header) = meta
-            .serialize()
-            .map_err(|_| McError::Invalid("meta does not serialize"))?;
+        let (internal, header) =
+            meta::encode(&meta).map_err(|_| McError::Invalid("meta does not serialize"))?;
         let value = Head {
+            version: entry::FORMAT_VERSION,
             internal: internal.into(),
             header: header.into(),
             ..head
@@ -222,7 +223,7 @@ impl Storage for MemcachedStorage {
                 return Err(e.into_pingora("memcached lookup"));
             }
         };
-        let meta = match CacheMeta::deserialize(&head.internal, &head.header) {
+        let meta = match meta::decode(&head) {
             Ok(m) => m,
             Err(e) => {
                 count_lookup("corrupt");
@@ -251,7 +252,7 @@ impl Storage for MemcachedStorage {
             // second of slack: stored times are whole seconds.
             let stale_at_purge = meta.fresh_until() <= purged + std::time::Duration::from_secs(1);
             let retired = meta.variance().is_some() || !stale_at_purge;
-            if purged >= meta.created() && retired {
+            if fleet::marker_retires(purged, meta.created()) && retired {
                 count_lookup("miss");
                 self.drop_head_later(&hex, cas);
                 return Ok(None);
@@ -299,7 +300,7 @@ impl Storage for MemcachedStorage {
                 "memcached server of this key is down (breaker open); not caching",
             );
         }
-        let (internal, header) = meta.serialize()?;
+        let (internal, header) = meta::encode(meta)?;
         let (head_ttl, chunk_ttl) = self.ttls(meta);
         let miss = miss::McMiss::new(self, hex, meta, internal, header, head_ttl, chunk_ttl);
         if miss

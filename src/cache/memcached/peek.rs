@@ -54,7 +54,7 @@ impl MemcachedStorage {
             Ok(h) => h,
             Err(e) => return Ok(Found::Unusable(e.to_string())),
         };
-        let meta = match CacheMeta::deserialize(&head.internal, &head.header) {
+        let meta = match super::meta::decode(&head) {
             Ok(m) => m,
             Err(e) => return Ok(Found::Unusable(format!("unreadable meta: {e}"))),
         };
