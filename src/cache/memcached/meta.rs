@@ -64,15 +64,17 @@ pub fn decode(head: &Head) -> Result<CacheMeta> {
     if head.version == 1 {
         return CacheMeta::deserialize(&head.internal, &head.header);
     }
-    let mut meta = CacheMeta::deserialize(&head.internal, &EMPTY_HEADER)?;
-    *meta.response_header_mut() = decode_header(&head.header)?;
-    Ok(meta)
+    with_plain_header(&head.internal, &head.header)
 }
 
 /// The meta of blobs [`encode`] made on this node (a fill's own, not read from memcached).
 pub fn decode_current(internal: &[u8], header: &[u8]) -> Result<CacheMeta> {
+    with_plain_header(internal, &Bytes::copy_from_slice(header))
+}
+
+fn with_plain_header(internal: &[u8], header: &Bytes) -> Result<CacheMeta> {
     let mut meta = CacheMeta::deserialize(internal, &EMPTY_HEADER)?;
-    *meta.response_header_mut() = decode_header(&Bytes::copy_from_slice(header))?;
+    *meta.response_header_mut() = decode_header(header)?;
     Ok(meta)
 }
 
