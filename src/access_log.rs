@@ -166,18 +166,13 @@ pub fn finish() {
 }
 
 impl Sink {
-    fn start(&self) -> SyncSender<Msg> {
+    fn start(&'static self) -> SyncSender<Msg> {
         let (tx, rx) = mpsc::sync_channel(4);
         let output = self.output.lock().ok().and_then(|mut o| o.take());
         if let Some(output) = output {
             let spawned = std::thread::Builder::new()
                 .name("access-log".into())
-                .spawn(move || {
-                    // The sink is static and set before any line is recorded.
-                    if let Some(sink) = SINK.get() {
-                        Writer::new(output).run(&sink.shards, rx);
-                    }
-                });
+                .spawn(move || Writer::new(output).run(&self.shards, rx));
             if let Err(e) = spawned {
                 log::error!("access log writer thread could not start: {e}; lines are dropped");
             }
@@ -322,17 +317,15 @@ impl Writer {
 
     fn run(mut self, shards: &[Mutex<Pending>; SHARDS], rx: Receiver<Msg>) {
         loop {
-            let finish = match rx.recv_timeout(FLUSH_EVERY) {
-                Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => None,
-                Ok(Msg::Finish(ack)) => Some(Some(ack)),
-                Err(RecvTimeoutError::Disconnected) => Some(None),
-            };
+            let msg = rx.recv_timeout(FLUSH_EVERY);
             self.write_pending(shards);
-            if let Some(ack) = finish {
-                if let Some(ack) = ack {
+            match msg {
+                Ok(Msg::Finish(ack)) => {
                     let _ = ack.send(());
+                    return;
                 }
-                return;
+                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
             }
             if self.checked.elapsed() >= ROTATION_CHECK {
                 self.checked = Instant::now();
