@@ -332,6 +332,44 @@ async fn a_node_started_after_a_purge_does_not_serve_what_it_purged() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_burst_on_a_new_node_after_a_purge_waits_for_one_marker_read_and_fetches_once() {
+    // A new node reads each invalidation marker once, and the requests that arrive while that
+    // read is out wait for it: none of them may serve what a purge made elsewhere retired. And
+    // one origin request for all of them: a lookup still reading the purged copy from
+    // memcached when the refetch lands must serve the refetch, not fetch again.
+    let version = Arc::new(AtomicUsize::new(1));
+    let mc = Memcached::start();
+    let origin = Origin::start(tagged(version.clone())).await;
+    let config = mc_config(&origin, &[&mc], "");
+    let first = Shellac::start(&config).await;
+    first.get("/t/1").await;
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    let (s, _) = post(first.admin, r#"{"tags": ["t"]}"#, None).await;
+    assert_eq!(s, 200);
+    drop(first);
+    version.store(2, Ordering::SeqCst);
+    let later = Shellac::start(&config).await;
+    let got = common::load::sequential_clients(later.addr, "/t/1", 100, |n| n < 1).await;
+    assert_eq!(got.len(), 100);
+    for r in &got {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "/t/1 v2", "the purged copy was served");
+    }
+    assert_eq!(
+        origin.count_path("/t/1"),
+        2,
+        "one fetch before the purge and one after, whatever the lookups were reading"
+    );
+    let errors = later
+        .metric_or_zero("shellac_memcached_errors_total", &[("op", "invalidation")])
+        .await;
+    assert_eq!(
+        errors, 0.0,
+        "marker reads timed out: more than one per name"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_input_and_wrong_tokens_get_the_documented_error_and_purge_nothing() {
     let dir = common::temp_dir();
     let token_file = dir.join("purge.token");

@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Held by the tests that load the machine, so the one that measures lookups under a long
+/// queue is not measuring the others' load.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn body_for(path: &str) -> Vec<u8> {
     let size = match path {
         "/big" => 5 << 20,
@@ -35,6 +39,7 @@ fn node_config(origin: &Origin, servers: &[&Memcached], memory: &str, timeout: &
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memcached_alone_stores_large_objects_byte_for_byte_and_serves_ranges() {
+    let _heavy = HEAVY.lock().await;
     let mc = Memcached::start();
     let origin = Origin::start(origin_handler).await;
     let node = Shellac::start(&node_config(&origin, &[&mc], "0", "200ms")).await;
@@ -225,6 +230,7 @@ async fn load(addr: std::net::SocketAddr, urls: usize, dur: Duration) -> (usize,
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memcached_killed_under_load_costs_no_client_errors_and_recovers() {
+    let _heavy = HEAVY.lock().await;
     let mut mc = Memcached::start();
     let origin = Origin::start(origin_handler).await;
     // memcached only, so every request depends on it.
@@ -287,6 +293,7 @@ async fn a_hung_memcached_costs_at_most_its_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_lookups_share_pipelined_exchanges_and_a_few_connections() {
+    let _heavy = HEAVY.lock().await;
     // Lookups of concurrent hits are queued per server and sent together: the node keeps a
     // couple of lookup connections busy instead of one per hit in flight, and the batches grow
     // with the queue. Before: about one connection per concurrent hit (hundreds, reopened as
@@ -328,5 +335,38 @@ async fn concurrent_lookups_share_pipelined_exchanges_and_a_few_connections() {
         opened <= 40,
         "{opened} memcached connections opened for 2000 hits"
     );
+    assert_eq!(origin.count_path("/small"), 1, "every later request a hit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_queued_behind_other_lookups_are_not_timed_out() {
+    let _heavy = HEAVY.lock().await;
+    // A lookup's `timeout` is its exchange's, counted from when its batch is sent. Counted from
+    // the enqueue, as before, the queue of a CPU-bound node alone passed it: at 400 concurrent
+    // clients and a 25 ms timeout, 650–750 healthy hits of 4000 became errors here.
+    let mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "25ms")).await;
+    assert_eq!(node.get("/small").await.body, body_for("/small"));
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    let got = common::load::sequential_clients(node.addr, "/small", 400, |n| n < 10).await;
+    assert_eq!(got.len(), 4000);
+    for r in &got {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, body_for("/small"), "byte-exact");
+    }
+    let errors = node
+        .metric_or_zero("shellac_cache_l2_lookups_total", &[("result", "error")])
+        .await;
+    let batched = node
+        .metric("shellac_memcached_lookup_batch_size_sum", &[])
+        .await;
+    // Each batch still has its own 25 ms, which a debug build on a loaded machine can miss now
+    // and then; queued lookups timing out made it hundreds.
+    assert!(
+        errors <= 40.0,
+        "{errors} of 4000 lookups failed: they timed out while queued"
+    );
+    assert!(batched >= 4000.0, "{batched} lookups batched: they queued");
     assert_eq!(origin.count_path("/small"), 1, "every later request a hit");
 }

@@ -167,7 +167,9 @@ pub struct Memcached {
     /// The memcached servers; keys are spread over them by rendezvous hashing.
     #[serde(default, deserialize_with = "values::socket_addrs")]
     pub servers: Vec<SocketAddr>,
-    /// Each memcached exchange (connect, write, read) gives up after this.
+    /// Each memcached exchange (connect, write, read) gives up after this. A batched lookup's
+    /// clock starts when its batch is sent; queued behind this node's other lookups, it waits
+    /// at most 4 × this in all.
     #[serde(default = "ms::<50>", deserialize_with = "values::duration")]
     pub timeout: Duration,
     /// A body chunk read while a hit streams (the header is already sent) gives up after this:

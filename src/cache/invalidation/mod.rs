@@ -141,6 +141,11 @@ pub struct Invalidator {
     purge_check: Duration,
     /// Item name → its value and when it was read (memory-only: the authority itself).
     cache: Mutex<HashMap<String, (Value, Instant)>>,
+    /// Names being read for the first time on this node → the channel their reader drops when
+    /// done. Concurrent requests wait for that one read (they have no earlier value to go by):
+    /// at start-up, 400 concurrent first hits otherwise sent 1,200 marker reads at once, which
+    /// timed out and pushed memcached lookups past their deadline too. Locked after `cache`.
+    first_reads: Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
 }
 
 impl Invalidator {
@@ -149,6 +154,7 @@ impl Invalidator {
             l2,
             purge_check,
             cache: Mutex::new(HashMap::new()),
+            first_reads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -196,6 +202,9 @@ impl Invalidator {
         // every hit reading a due name at once had memcached's connections churn, the reads
         // time out under load, and the names stay due for every following hit.
         let mut due: Vec<(String, Option<Value>)> = Vec::new();
+        // Names another request is reading for the first time, and the drops to close ours.
+        let mut awaited: Vec<(String, tokio::sync::watch::Receiver<()>)> = Vec::new();
+        let mut reading: Vec<tokio::sync::watch::Sender<()>> = Vec::new();
         let mut name = String::with_capacity(64);
         {
             let mut cache = self.cache.lock();
@@ -213,7 +222,21 @@ impl Invalidator {
                         due.push((name.clone(), Some(v.clone())));
                     }
                     None if self.l2.is_none() => {}
-                    None => due.push((name.clone(), None)),
+                    None => {
+                        let mut first = self.first_reads.lock();
+                        match first.get(name.as_str()) {
+                            // A reader that gave up (its client left) closed its sender.
+                            Some(rx) if rx.has_changed().is_ok() => {
+                                awaited.push((name.clone(), rx.clone()));
+                            }
+                            _ => {
+                                let (tx, rx) = tokio::sync::watch::channel(());
+                                first.insert(name.clone(), rx);
+                                reading.push(tx);
+                                due.push((name.clone(), None));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -253,6 +276,20 @@ impl Invalidator {
                         }
                     },
                 }
+            }
+        }
+        if !reading.is_empty() {
+            // Our claims close here, and are cleared with any left by readers that gave up.
+            drop(reading);
+            self.first_reads
+                .lock()
+                .retain(|_, rx| rx.has_changed().is_ok());
+        }
+        for (n, mut rx) in awaited {
+            // Returns when the reader is done (it drops its sender), read or not.
+            let _ = rx.changed().await;
+            if let Some((v, _)) = self.cache.lock().get(n.as_str()) {
+                total = total.merge(apply(v, path));
             }
         }
         total.verdict(stored)

@@ -15,9 +15,11 @@ use std::sync::{Arc, LazyLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Bytes of body chunks held for memcached hits per process (read in flight, or waiting to be
-/// written to a client). 32 MiB keeps 64 default-size (512 KiB) chunks moving, enough to keep
-/// every memcached server and client socket busy on a LAN.
-pub(super) const CHUNK_BUDGET: usize = 32 << 20;
+/// written to a client). 4 MiB is 8 default-size (512 KiB) chunks in flight. On 256 KiB
+/// memcached-only hits at 1000 connections (loopback, wrk) it served 6.7–6.8k hits/s against
+/// 5.6–5.7k with 32 MiB (less memory touched per hit), at 70–74 MiB peak RSS against 92–98;
+/// 8 MiB fell between, 2 MiB was no better (docs/performance.md).
+pub(super) const CHUNK_BUDGET: usize = 4 << 20;
 /// Budget accounting unit: one permit per KiB.
 const UNIT: usize = 1024;
 
