@@ -99,15 +99,6 @@ impl Fleet {
                 Ok(true) => {
                     self.leases.lock().insert(k128(key));
                     lease_metric("won");
-                    // A fill that landed after our lookup read the tiers (its holder let the
-                    // lease go once it had stored) is served, not fetched again: a burst on a
-                    // purged object otherwise cost 2–4 origin requests, one per request whose
-                    // lookup was still reading the purged copy when the first fill finished.
-                    if let Ok(Some(found)) = lookup().await {
-                        self.release(key, false);
-                        metrics::FLEET_FETCHES_AVOIDED.inc();
-                        return Ok(Some(found));
-                    }
                     return Ok(None);
                 }
                 Ok(false) => {}
