@@ -105,7 +105,9 @@ impl Tiered {
                 if let (Some(fleet), true) = (&self.fleet, e.claim_check(now, self.purge_check)) {
                     // Unknown (memcached could not say) serves the copy, as a purge marker
                     // that cannot be read does everywhere; it is asked again after purge_check.
-                    purged |= fleet.purged_since(key, e.created()).await == Some(true);
+                    // Boxed, like every rare branch of a lookup: a lookup's future is as large as
+                    // its largest state, and 1000 lookups waiting for memcached held ~5 KiB each.
+                    purged |= Box::pin(fleet.purged_since(key, e.created())).await == Some(true);
                 }
                 if purged {
                     l1.remove_key(key);
@@ -224,7 +226,7 @@ impl Storage for Tiered {
             return Ok(Some(found));
         }
         let found = match &self.fleet {
-            Some(f) => f.coalesce(key, || self.lookup_tiers(key, trace)).await?,
+            Some(f) => Box::pin(f.coalesce(key, || self.lookup_tiers(key, trace))).await?,
             None => None,
         };
         match found {

@@ -200,7 +200,9 @@ impl Storage for MemcachedStorage {
         let (read, marker) = match self.read_head_and_marker(&hex, &primary).await {
             Some(Ok((head, marker))) => (head, Some(marker)),
             Some(Err(e)) => (Err(e), None),
-            None => (self.read_head(&hex).await, None),
+            // Boxed, as the rare branches below: a lookup's future is as large as its
+            // largest state, and 1000 lookups waiting for memcached held ~4 KiB each.
+            None => (Box::pin(self.read_head(&hex)).await, None),
         };
         let (head, cas) = match read {
             Ok(Some(h)) => h,
@@ -238,12 +240,22 @@ impl Storage for MemcachedStorage {
         // in flight during the purge. Unknown (memcached could not say) serves the copy, as the
         // memory tier does. The marker came with the head when one server holds both; otherwise
         // it goes out with the chunk check.
+        let inline = matches!(head.body, entry::Body::Inline(_));
         let (purged, chunks) = match marker {
-            Some(m) => (m, self.check_chunks_reading_first(&hex, &head).await),
-            None => tokio::join!(
-                self.purge_marker(&primary),
-                self.check_chunks_reading_first(&hex, &head)
+            Some(m) if inline => (m, Ok(None)),
+            Some(m) => (
+                m,
+                Box::pin(self.check_chunks_reading_first(&hex, &head)).await,
             ),
+            None => {
+                Box::pin(async {
+                    tokio::join!(
+                        self.purge_marker(&primary),
+                        self.check_chunks_reading_first(&hex, &head)
+                    )
+                })
+                .await
+            }
         };
         if let Ok(Some(purged)) = purged {
             // A plain copy that was already stale at the purge (a soft purge expires it in
