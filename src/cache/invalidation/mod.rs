@@ -143,7 +143,7 @@ pub struct Invalidator {
     cache: Mutex<HashMap<String, (Value, Instant)>>,
     /// Names being read for the first time on this node → the channel their reader drops when
     /// done. Concurrent requests wait for that one read (they have no earlier value to go by):
-    /// at start-up, 400 concurrent first hits otherwise sent 1,200 marker reads at once, which
+    /// each used to send its own, and with 400 concurrent first hits 60–320 of those reads
     /// timed out and pushed memcached lookups past their deadline too. Locked after `cache`.
     first_reads: Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>,
 }
