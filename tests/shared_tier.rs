@@ -291,6 +291,16 @@ async fn a_hung_memcached_costs_at_most_its_timeout() {
     );
 }
 
+/// A memcached-only node (lookup `timeout`) with `/small` stored in memcached.
+async fn small_object_in_memcached(timeout: &str) -> (Memcached, Origin, Shellac) {
+    let mc = Memcached::start();
+    let origin = Origin::start(origin_handler).await;
+    let node = Shellac::start(&node_config(&origin, &[&mc], "0", timeout)).await;
+    assert_eq!(node.get("/small").await.body, body_for("/small"));
+    common::memcached::wait_for_heads(&[&mc], 1).await;
+    (mc, origin, node)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_lookups_share_pipelined_exchanges_and_a_few_connections() {
     let _heavy = HEAVY.lock().await;
@@ -298,11 +308,7 @@ async fn concurrent_lookups_share_pipelined_exchanges_and_a_few_connections() {
     // couple of lookup connections busy instead of one per hit in flight, and the batches grow
     // with the queue. Before: about one connection per concurrent hit (hundreds, reopened as
     // the idle pool overflowed) and one exchange per hit.
-    let mc = Memcached::start();
-    let origin = Origin::start(origin_handler).await;
-    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "200ms")).await;
-    assert_eq!(node.get("/small").await.body, body_for("/small"));
-    common::memcached::wait_for_heads(&[&mc], 1).await;
+    let (mc, origin, node) = small_object_in_memcached("200ms").await;
     // A first hit reads the host's invalidation markers, which are then read once per
     // purge_check, not by each hit.
     assert!(node
@@ -344,11 +350,7 @@ async fn lookups_queued_behind_other_lookups_are_not_timed_out() {
     // A lookup's `timeout` is its exchange's, counted from when its batch is sent. Counted from
     // the enqueue, as before, the queue of a CPU-bound node alone passed it: at 400 concurrent
     // clients and a 25 ms timeout, 650–750 healthy hits of 4000 became errors here.
-    let mc = Memcached::start();
-    let origin = Origin::start(origin_handler).await;
-    let node = Shellac::start(&node_config(&origin, &[&mc], "0", "25ms")).await;
-    assert_eq!(node.get("/small").await.body, body_for("/small"));
-    common::memcached::wait_for_heads(&[&mc], 1).await;
+    let (_mc, origin, node) = small_object_in_memcached("25ms").await;
     let got = common::load::sequential_clients(node.addr, "/small", 400, |n| n < 10).await;
     assert_eq!(got.len(), 4000);
     for r in &got {
@@ -361,10 +363,11 @@ async fn lookups_queued_behind_other_lookups_are_not_timed_out() {
     let batched = node
         .metric("shellac_memcached_lookup_batch_size_sum", &[])
         .await;
-    // Each batch still has its own 25 ms, which a debug build on a loaded machine can miss now
-    // and then; queued lookups timing out made it hundreds.
+    // Each batch still has its own 25 ms, which a debug build on a loaded machine misses now
+    // and then: a whole batch (64 lookups) fails then, in about 1 run of 10 here. Queued
+    // lookups timing out made it 10 batches and more.
     assert!(
-        errors <= 40.0,
+        errors <= 192.0,
         "{errors} of 4000 lookups failed: they timed out while queued"
     );
     assert!(batched >= 4000.0, "{batched} lookups batched: they queued");

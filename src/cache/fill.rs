@@ -17,6 +17,7 @@
 //! shared (`Bytes`) with the memory tier's copy; a fill holds at most the object (Pingora's
 //! `max_file_size` bounds it) and lives until it is committed.
 
+use super::memory::MemoryStore;
 use super::tiered::Tiered;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -182,6 +183,25 @@ impl Fills {
             .get(&key128(key.combined_bin()))
             .cloned()?;
         fill.reader().ok()
+    }
+
+    /// For a miss about to take Pingora's lock and fetch: a fill of this node that started or
+    /// ended while the lookup waited for memcached (streaming, or its copy in `l1`). The lock
+    /// orders only requests that reach it while the fill runs, and a lookup still reading a
+    /// purged copy from memcached could reach it just after: a burst on a purged object then
+    /// cost 2–4 origin requests instead of 1.
+    pub(super) async fn landed(
+        &self,
+        l1: Option<&'static MemoryStore>,
+        key: &CacheKey,
+    ) -> Option<(CacheMeta, HitHandler)> {
+        if let Ok(Some(found)) = super::invalidation::unpurged(key, Ok(self.lookup(key))).await {
+            return Some(found);
+        }
+        let e = l1?.entry(key)?;
+        let (v, purged) = super::invalidation::on_lookup(key, &e).await;
+        let usable = !purged && v.is_keep() && e.is_fresh(std::time::SystemTime::now());
+        usable.then(|| MemoryStore::hit(&e))
     }
 
     /// The writer's own reader: the fill named by `tag`, whatever replaced it for lookups.

@@ -135,23 +135,6 @@ impl Tiered {
         Ok(stale_l1.map(|e| MemoryStore::hit(&e)))
     }
 
-    /// A miss is about to take Pingora's lock and fetch: a fill of this node that started or
-    /// ended while the lookup waited for memcached (a fill streaming, or its copy in L1) is
-    /// served instead. The lock orders only requests that reach it while the fill runs, and a
-    /// lookup still reading a purged copy from memcached could reach it just after: a burst
-    /// on a purged object then cost 2–4 origin requests instead of 1.
-    async fn landed(&'static self, key: &CacheKey) -> Option<(CacheMeta, HitHandler)> {
-        if let Ok(Some(found)) =
-            super::invalidation::unpurged(key, Ok(self.fills.lookup(key))).await
-        {
-            return Some(found);
-        }
-        let e = self.l1?.entry(key)?;
-        let now = SystemTime::now();
-        let (v, purged) = super::invalidation::on_lookup(key, &e).await;
-        (!purged && v.is_keep() && e.is_fresh(now)).then(|| MemoryStore::hit(&e))
-    }
-
     /// L1 then L2, without the fleet's lease: for entries no fill coordinates (stored partials,
     /// [`super::partial`]). Purge markers apply as for any lookup.
     pub async fn peek(&'static self, key: &CacheKey) -> Result<Option<(CacheMeta, HitHandler)>> {
@@ -182,9 +165,8 @@ impl Tiered {
         }
     }
 
-    /// Removes `key` and its variants from every tier and, through the purge marker, from every
-    /// other node's L1 within `purge_check`. `Err` when the shared tier could not be told.
-    /// Removes every variant from both tiers. `mark`: also write the fleet's purge marker, so
+    /// Removes `key` and every variant from both tiers. `Err` when the shared tier could not be
+    /// told. `mark`: also write the fleet's purge marker, so
     /// other nodes drop their memory copies within `purge_check`; without it they keep them
     /// until they expire (the bound on invalidation markers, see `purge`).
     pub async fn purge_all(
@@ -231,7 +213,7 @@ impl Storage for Tiered {
         };
         match found {
             Some(found) => Ok(Some(found)),
-            None => Ok(self.landed(key).await),
+            None => Ok(self.fills.landed(self.l1, key).await),
         }
     }
 

@@ -12,7 +12,7 @@
 //! sent: time a lookup spends queued behind other batches of this node is local load, not a
 //! slow server, and at 1000 connections on a busy node it alone passed 50 ms, turning healthy
 //! hits into misses and origin requests. The caller keeps its own, longer deadline
-//! ([`QUEUE_DEADLINES`] lookup timeouts in all), breaker accounting and metrics ([`super::io`]'s
+//! ([`whole_wait`]: 4 lookup timeouts in all), breaker accounting and metrics ([`super::io`]'s
 //! `exchange` wraps the wait for its answer): a caller that gives up leaves its answer unread.
 //! A batch whose server's breaker opened while it was queued fails at once instead of waiting
 //! out its own deadline.
@@ -29,7 +29,12 @@ const MAX_JOBS: usize = 64;
 const IN_FLIGHT: usize = 2;
 /// A lookup's whole wait, queue and exchange, in lookup timeouts: the bound when the queue
 /// itself does not move (every batch ahead timing out), so no request waits unboundedly.
-pub(super) const QUEUE_DEADLINES: u32 = 4;
+const QUEUE_DEADLINES: u32 = 4;
+
+/// The caller's deadline for a batched lookup, queue included.
+pub(super) fn whole_wait(timeout: Duration) -> Duration {
+    timeout * QUEUE_DEADLINES
+}
 
 type Answer = memcache::exp::Result<Vec<memcache::exp::Result<GetResult>>>;
 
@@ -50,10 +55,9 @@ impl Batcher {
     pub(super) fn start(
         client: &'static AsyncMetaClient,
         breakers: Arc<Breakers>,
-        servers: usize,
         deadline: Duration,
     ) -> Batcher {
-        let queues = (0..servers.max(1))
+        let queues = (0..breakers.servers().max(1))
             .map(|server| {
                 let (queue, jobs) = mpsc::unbounded_channel();
                 let breakers = breakers.clone();

@@ -126,6 +126,11 @@ impl Breakers {
         }
     }
 
+    /// How many servers there are (one breaker each).
+    pub fn servers(&self) -> usize {
+        self.servers.len()
+    }
+
     /// Whether an exchange with `server` may start now.
     pub fn admit(&self, server: usize) -> bool {
         let Some((label, cell)) = self.servers.get(server) else {

@@ -128,20 +128,9 @@ impl MemcachedStorage {
         Ok(self
             .lookups
             .get_or_init(|| async {
-                batch::Batcher::start(
-                    client,
-                    self.breakers.clone(),
-                    self.ids.len(),
-                    self.settings.timeout,
-                )
+                batch::Batcher::start(client, self.breakers.clone(), self.settings.timeout)
             })
             .await)
-    }
-
-    /// A batched lookup's whole wait: its batch's exchange is bounded by `timeout` from when it
-    /// is sent ([`batch`]); this bounds the queue in front of it too.
-    fn lookup_deadline(&self) -> std::time::Duration {
-        self.settings.timeout * batch::QUEUE_DEADLINES
     }
 
     pub(crate) async fn client(&self) -> std::result::Result<&AsyncMetaClient, McError> {
@@ -336,8 +325,9 @@ impl MemcachedStorage {
             r.pop()
                 .unwrap_or_else(|| Err(memcache::exp::Error::Protocol("no answer".into())))
         };
+        let wait = batch::whole_wait(self.settings.timeout);
         let r = self
-            .exchange_within(self.lookup_deadline(), "get_head", &[&key], fut, |_| vec![])
+            .exchange_within(wait, "get_head", &[&key], fut, |_| vec![])
             .await?;
         self.decode_head_reply(key, r)
     }
@@ -361,10 +351,9 @@ impl MemcachedStorage {
         };
         let keys = [head_key.as_str(), marker_key.as_str()];
         let fut = lookups.get(server, vec![head_key.clone(), marker_key.clone()]);
+        let wait = batch::whole_wait(self.settings.timeout);
         let results = match self
-            .exchange_within(self.lookup_deadline(), "get_head", &keys, fut, |r| {
-                Self::batch_outcome(r)
-            })
+            .exchange_within(wait, "get_head", &keys, fut, |r| Self::batch_outcome(r))
             .await
         {
             Ok(r) => r,
