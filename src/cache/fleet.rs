@@ -178,7 +178,7 @@ impl Fleet {
     /// memcached cannot tell (keep serving, ask again next time).
     pub async fn purged_since(&self, key: &CacheKey, stored: SystemTime) -> Option<bool> {
         match self.l2.purge_marker(&key.primary()).await {
-            Ok(Some(at)) => Some(super::memcached::fleet::marker_retires(at, stored)),
+            Ok(Some(at)) => Some(super::stored::retires(super::stored::millis(at), stored)),
             Ok(None) => Some(false),
             Err(_) => None,
         }

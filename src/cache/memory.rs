@@ -16,6 +16,7 @@
 //! the newer replaces the older (a lookup of the older is a miss), and map and LRU never
 //! disagree on what is held.
 
+use super::stored::millis;
 use crate::metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,11 +34,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
+use std::time::{Duration, SystemTime};
 
 const SHARDS: usize = 16;
 /// Map slot, LRU node, Arc and meta bookkeeping per entry, measured roughly; erring high keeps

@@ -1,6 +1,20 @@
 //! Rules for the header as stored, shared by both tiers so a hit looks the same from either.
 
 use pingora::http::ResponseHeader;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch: the resolution of purge markers, and of the stored times
+/// they are compared with.
+pub fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// Whether a purge at `marker` (milliseconds) retires a copy stored at `stored`. A copy stored
+/// in the marker's own millisecond counts as purged: it may predate the purge, and one refetch
+/// too many is safe where a copy served after its purge is not.
+pub fn retires(marker: u64, stored: SystemTime) -> bool {
+    marker >= millis(stored)
+}
 
 /// RFC 9110 §6.3, §8.6: statuses that never carry content.
 pub fn has_body(status: u16) -> bool {
@@ -40,6 +54,23 @@ pub fn needs_framing(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_stored_in_the_markers_millisecond_is_retired() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let micros = std::time::Duration::from_micros;
+        let retires = |marker: SystemTime, stored| retires(millis(marker), stored);
+        assert!(
+            retires(t + micros(700), t + micros(300)),
+            "stored before, same ms"
+        );
+        assert!(
+            retires(t + micros(300), t + micros(700)),
+            "same ms: may predate it"
+        );
+        assert!(retires(t + micros(1500), t), "stored in an earlier ms");
+        assert!(!retires(t, t + micros(1000)), "stored in a later ms");
+    }
 
     #[test]
     fn one_length_rule() {

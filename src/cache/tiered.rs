@@ -207,12 +207,12 @@ impl Storage for Tiered {
         if let Some(found) = self.lookup_tiers(key, trace).await? {
             return Ok(Some(found));
         }
-        let found = match &self.fleet {
-            Some(f) => Box::pin(f.coalesce(key, || self.lookup_tiers(key, trace))).await?,
-            None => None,
+        let Some(fleet) = &self.fleet else {
+            return Ok(None);
         };
-        match found {
+        match Box::pin(fleet.coalesce(key, || self.lookup_tiers(key, trace))).await? {
             Some(found) => Ok(Some(found)),
+            // The lookup waited for memcached: a fill of this node may have finished meanwhile.
             None => Ok(self.fills.landed(self.l1, key).await),
         }
     }

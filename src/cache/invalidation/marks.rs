@@ -2,6 +2,8 @@
 //! the last hard and soft purge of a tag, host or everything) and a host's prefix
 //! [`Registry`]. Times are milliseconds since the Unix epoch; 0 means never.
 
+pub use crate::cache::stored::millis;
+use crate::cache::stored::retires;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Prefix purges remembered per host; a purge beyond this is refused (purge the host instead).
@@ -9,10 +11,6 @@ pub const MAX_PREFIXES_PER_HOST: usize = 256;
 /// A marker older than this can retire nothing: no stored object lives longer (memcached's
 /// longest TTL), so it may be forgotten.
 pub const LIFETIME: Duration = Duration::from_secs(30 * 86400);
-
-pub fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
 
 /// Returns once the clock is past millisecond `t`. A copy stored in a purge's millisecond
 /// counts as purged (it may predate the purge), so a purge answers only once its millisecond
@@ -75,11 +73,9 @@ impl Marks {
     }
 
     pub fn verdict(self, stored: SystemTime) -> Verdict {
-        let at = millis(stored);
-        // The marker's own millisecond counts as purged (as for URL markers).
-        if self.hard != 0 && self.hard >= at {
+        if self.hard != 0 && retires(self.hard, stored) {
             Verdict::Purged
-        } else if self.soft != 0 && self.soft >= at {
+        } else if self.soft != 0 && retires(self.soft, stored) {
             Verdict::Stale(UNIX_EPOCH + Duration::from_millis(self.soft))
         } else {
             Verdict::Keep

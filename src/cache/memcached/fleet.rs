@@ -123,18 +123,14 @@ impl MemcachedStorage {
         at: SystemTime,
     ) -> Result<(), McError> {
         let key = self.marker_key(primary);
-        let millis = at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        let value = millis.to_string();
+        let value = crate::cache::stored::millis(at).to_string();
         self.set_item("purge_marker", &key, value.as_bytes(), 30 * 86400, None)
             .await
             .map(|_| ())
     }
 
     /// When `primary` was last purged, if ever (within the marker's lifetime): compare with
-    /// [`marker_retires`].
+    /// [`crate::cache::stored::retires`].
     pub(crate) async fn purge_marker(
         &'static self,
         primary: &str,
@@ -170,36 +166,4 @@ impl MemcachedStorage {
 fn ttl_of(d: Duration) -> Ttl {
     // memcached counts whole seconds; round up so a lease never lapses early.
     Ttl::secs(d.as_secs().max(1) as u32 + u32::from(d.subsec_nanos() > 0))
-}
-
-/// Whether a URL purge marker read as `marker` retires a copy stored at `stored`. Markers hold
-/// milliseconds, so a copy stored in the marker's millisecond counts as purged: it may predate
-/// the purge, and one refetch too many is safe where a copy served after its purge is not.
-pub fn marker_retires(marker: SystemTime, stored: SystemTime) -> bool {
-    let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    ms(marker) >= ms(stored)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_copy_stored_in_the_markers_millisecond_is_retired() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let micros = Duration::from_micros;
-        assert!(
-            marker_retires(t + micros(700), t + micros(300)),
-            "stored before, same ms"
-        );
-        assert!(
-            marker_retires(t + micros(300), t + micros(700)),
-            "same ms: may predate it"
-        );
-        assert!(
-            marker_retires(t + micros(1500), t),
-            "stored in an earlier ms"
-        );
-        assert!(!marker_retires(t, t + micros(1000)), "stored in a later ms");
-    }
 }

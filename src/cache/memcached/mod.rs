@@ -240,6 +240,7 @@ impl Storage for MemcachedStorage {
         // in flight during the purge. Unknown (memcached could not say) serves the copy, as the
         // memory tier does. The marker came with the head when one server holds both; otherwise
         // it goes out with the chunk check.
+        // An inline body has no chunks to check: no boxed future for it on every small hit.
         let inline = matches!(head.body, entry::Body::Inline(_));
         let (purged, chunks) = match marker {
             Some(m) if inline => (m, Ok(None)),
@@ -264,7 +265,8 @@ impl Storage for MemcachedStorage {
             // second of slack: stored times are whole seconds.
             let stale_at_purge = meta.fresh_until() <= purged + std::time::Duration::from_secs(1);
             let retired = meta.variance().is_some() || !stale_at_purge;
-            if fleet::marker_retires(purged, meta.created()) && retired {
+            let at = crate::cache::stored::millis(purged);
+            if crate::cache::stored::retires(at, meta.created()) && retired {
                 count_lookup("miss");
                 self.drop_head_later(&hex, cas);
                 return Ok(None);
