@@ -67,6 +67,8 @@ pub struct Ctx {
     /// Backends whose connection already failed in this request; filled only on retries.
     failed: Vec<SocketAddr>,
     attempts: u32,
+    /// Attempts lost to a pooled connection the origin had closed; they spend no retry.
+    stale_reuses: u32,
     upstream_status: u16,
     /// Request body bytes seen so far (for bodies without Content-Length).
     body_bytes: u64,
@@ -175,6 +177,7 @@ impl ProxyHttp for Proxy {
             backend: None,
             failed: Vec::new(),
             attempts: 0,
+            stale_reuses: 0,
             upstream_status: 0,
             body_bytes: 0,
             cache: CacheCtx::default(),
@@ -404,7 +407,7 @@ impl ProxyHttp for Proxy {
             }
         }
         // Nothing was sent yet, so any method is safe to try on another backend.
-        if ctx.attempts <= group.retries {
+        if ctx.attempts - ctx.stale_reuses <= group.retries {
             e.set_retry(true);
         }
         e
@@ -416,17 +419,25 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Ctx,
-        _reused: bool,
+        reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let group = self.group(ctx);
-        let retry = upstream::retry_after_send(
+        let resend = upstream::retry_after_send(
             &session.req_header().method,
             ctx.upstream_status != 0,
             session.as_ref().retry_buffer_truncated(),
             e.etype(),
-        ) && ctx.attempts <= group.retries;
-        if retry {
+        );
+        // A pooled connection that dies as it is reused was closed by the origin while idle
+        // (its keep-alive timeout raced ours): that says nothing about the backend, so the
+        // request goes again on a new connection, to the same backend if it is the only one,
+        // without spending a retry (nginx treats its cached connections the same way).
+        // Pingora's `max_retries` still bounds the attempts.
+        let retry = resend && (reused || ctx.attempts - ctx.stale_reuses <= group.retries);
+        if retry && reused {
+            ctx.stale_reuses += 1;
+        } else if retry {
             // This backend just dropped us: the next attempt goes elsewhere if it can.
             if let Some(addr) = ctx.backend.as_ref().and_then(|(b, _)| b.addr.as_inet()) {
                 ctx.failed.push(*addr);

@@ -4,7 +4,7 @@ mod common;
 
 use common::http::{Origin, Reply};
 use common::{backends, Shellac};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -245,4 +245,59 @@ async fn all_backends_down_gives_502_within_the_connect_timeout() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+/// An origin that answers the first request on each connection and closes the connection when a
+/// second one arrives on it, unanswered: the keep-alive race of an origin whose idle timeout is
+/// shorter than the proxy's, made certain. Counts answered and dropped requests.
+async fn one_request_per_connection_origin(
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (a, d) = (answered.clone(), dropped.clone());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (a, d) = (a.clone(), d.clone());
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let Ok(Some(req)) = common::http::read_request(&mut s).await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let reply = Reply::ok(format!("{} {}", req.method, req.target));
+                if common::http::write_reply(s.get_mut(), &req, &reply)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = s.get_mut().flush().await;
+                // The next request is read, then the connection closes without an answer.
+                if let Ok(Some(_)) = common::http::read_request(&mut s).await {
+                    d.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, answered, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_connection_the_origin_closed_is_retried_on_a_new_one_even_with_one_backend() {
+    let (addr, answered, dropped) = one_request_per_connection_origin().await;
+    // No retries configured: a stale pooled connection must not need one.
+    let shellac = Shellac::start(&group(&format!("[\"{addr}\"]"), "    retries: 0")).await;
+    for i in 0..6 {
+        for method in ["GET", "PUT"] {
+            let r = shellac.request(method, &format!("/r{i}"), &[]).await;
+            assert_eq!(r.status, 200, "{method} /r{i}: {}", r.text());
+            assert_eq!(r.text(), format!("{method} /r{i}"));
+        }
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 12);
+    // Requests did go out on reused connections that the origin then dropped.
+    assert!(dropped.load(Ordering::SeqCst) >= 1);
 }
