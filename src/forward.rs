@@ -7,6 +7,7 @@
 
 use http::header::{self, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
 use pingora::Result;
 use std::net::IpAddr;
 
@@ -118,6 +119,34 @@ pub fn upstream_response(resp: &mut ResponseHeader) {
     for name in fields_where(&resp.headers, |n| HOP_BY_HOP.contains(&n)) {
         resp.remove_header(&name);
     }
+}
+
+/// An interim (1xx) answer other than `101 Switching Protocols`, which is the final one.
+pub fn is_interim(resp: &ResponseHeader) -> bool {
+    resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// Pingora drops an origin's interim answers (`103 Early Hints`, `102 Processing`) that reach
+/// it in the same read as the final header whenever that header starts a cache fill: the fill
+/// takes over the client's response and the batch it was part of is discarded. So interim
+/// answers are written here, as they arrive from the origin, and Pingora's own copy is
+/// skipped ([`skip_pingora_interim`]). Not to HTTP/1.0 clients (RFC 9110 §15.2), and without
+/// the cache's or the rules' fields: those describe the final response.
+pub async fn relay_interim(session: &mut Session, resp: &ResponseHeader) -> Result<()> {
+    if session.req_header().version < http::Version::HTTP_11 {
+        return Ok(());
+    }
+    let downstream = &mut session.downstream_session;
+    downstream.set_ignore_info_resp(false);
+    let written = downstream.write_response_header_ref(resp).await;
+    skip_pingora_interim(session);
+    written
+}
+
+/// Makes Pingora skip the interim answers it would write itself (it still sends its own
+/// `100 Continue` to a client that asked for one).
+pub fn skip_pingora_interim(session: &mut Session) {
+    session.downstream_session.set_ignore_info_resp(true);
 }
 
 /// The names (lower-case, as stored) of the fields in `headers` that `pick` selects, to remove

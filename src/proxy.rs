@@ -190,6 +190,7 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         forward::strip_internal(session.req_header_mut());
+        forward::skip_pingora_interim(session);
         ctx.client = self.clients.resolve(session);
         ctx.request_id = request_id::for_request(session.req_header());
         if let Some(code) = limits::check_request(session.req_header(), &self.limits) {
@@ -473,6 +474,10 @@ impl ProxyHttp for Proxy {
             );
         }
         forward::upstream_response(resp);
+        if forward::is_interim(resp) {
+            // Not the answer: the cache, the rules and the status wait for the final header.
+            return forward::relay_interim(session, resp).await;
+        }
         if ctx.cache.enabled {
             crate::cache::fill::measure_in_tiers(session, resp);
         }
@@ -491,6 +496,10 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if forward::is_interim(resp) {
+            // Already relayed (upstream_response_filter); Pingora skips writing this copy.
+            return Ok(());
+        }
         if let Some(fork) = &mut ctx.mirror {
             fork.response(resp);
         }

@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 /// With `SHELLAC_TEST_TIER=memcached` the cache is memcached alone (no memory tier), so every
 /// rule below is also proven on the shared tier.
 fn tier(origin: &Origin, route: Route) -> TestConfig {
+    tier_at(origin.addr, route)
+}
+
+/// [`tier`] over an origin the test serves itself.
+fn tier_at(origin: std::net::SocketAddr, route: Route) -> TestConfig {
     let c = TestConfig::new()
-        .upstream("app", &[origin.addr])
+        .upstream("app", &[origin])
         .route(route.cached());
     if !on_memcached() {
         return c;
@@ -1350,4 +1355,78 @@ async fn concurrent_ranges_and_whole_requests_each_get_their_own_answer() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// An origin that answers every request with `103 Early Hints` and then a cacheable 200, in one
+/// write (so both reach the proxy in one read, as over a fast link); counts its requests.
+async fn early_hints_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                while let Ok(Some(req)) = common::http::read_request(&mut s).await {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let body = format!("body of {}", req.target);
+                    let both = format!(
+                        "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                         HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.get_mut().write_all(both.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interim_answers_reach_the_client_on_every_miss_and_are_never_stored() {
+    let (addr, count) = early_hints_origin().await;
+    let c = tier_at(addr, Route::to("app"));
+    let shellac = Shellac::start(&c.yaml()).await;
+    let mut client = Client::connect(shellac.addr).await.unwrap();
+    for i in 0..20 {
+        let target = format!("/early/{i}");
+        // A miss: the 103 first, as the origin sent it, without the cache's fields.
+        let interim = client.request("GET", &target, &[], b"").await.unwrap();
+        assert_eq!(
+            interim.status, 103,
+            "{target}: the interim answer was dropped"
+        );
+        assert_eq!(interim.header("link"), Some("</style.css>; rel=preload"));
+        assert_eq!(interim.header("cache-status"), None);
+        let fin = client.read_response(false).await.unwrap();
+        assert_eq!(fin.status, 200);
+        assert_eq!(fin.text(), format!("body of {target}"));
+        assert!(status_of(&fin).contains("stored"), "{}", status_of(&fin));
+        assert_eq!(
+            fin.header("link"),
+            None,
+            "the interim fields are not the answer's"
+        );
+        // A hit: the stored 200 alone (RFC 9111 §3: 1xx answers are not stored).
+        let hit = client.request("GET", &target, &[], b"").await.unwrap();
+        assert_eq!(hit.status, 200, "{target}: a hit sent an interim answer");
+        assert!(status_of(&hit).contains("hit"), "{}", status_of(&hit));
+        assert_eq!(hit.header("link"), None);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 20);
+    // One lookup per request: the 103 is not counted as an answer.
+    let lookups = shellac.metric("shellac_cache_lookups_total", &[]).await;
+    assert_eq!(lookups, 40.0);
+    // An HTTP/1.0 client is never sent a 1xx (RFC 9110 §15.2).
+    let mut old = Client::connect(shellac.addr).await.unwrap();
+    old.send_raw(b"GET /early/old HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(old.read_response(false).await.unwrap().status, 200);
 }
