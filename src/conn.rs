@@ -175,6 +175,7 @@ impl<A> Counted<A> {
             timer: None,
             prefix,
             socket,
+            date: Default::default(),
         }))
     }
 }
@@ -321,6 +322,13 @@ struct Guarded {
     prefix: Vec<u8>,
     /// The stream's digest with the PROXY source as its peer, on PROXY listeners.
     socket: Option<Arc<SocketDigest>>,
+    /// The origin's `Date` for the response being written ([`crate::date`]).
+    date: crate::date::Kept,
+}
+
+/// The `Date` slot of a client connection's stream (every public listener's stream is one).
+pub fn kept_date(stream: &Stream) -> Option<&crate::date::Kept> {
+    stream.as_any().downcast_ref::<Guarded>().map(|g| &g.date)
 }
 
 impl std::fmt::Debug for Guarded {
@@ -343,6 +351,7 @@ impl Guarded {
         match self.phase {
             Phase::Idle => {
                 self.scan = Scan::default();
+                self.date.forget();
                 self.phase = Phase::Header { deadline: None };
                 self.on_read(bytes);
             }
@@ -357,6 +366,15 @@ impl Guarded {
             }
             Phase::Body | Phase::Tunnel => {}
         }
+    }
+
+    /// Whether a write begins a final (non-1xx) response header: Pingora writes one in one call
+    /// starting with the status line, while a request is being answered.
+    fn starts_final_header(&self, bytes: &[u8]) -> bool {
+        !matches!(self.phase, Phase::Idle | Phase::Tunnel)
+            && bytes.len() >= 10
+            && bytes.starts_with(b"HTTP/1.")
+            && bytes[9] != b'1'
     }
 
     fn on_write(&mut self, bytes: &[u8]) {
@@ -435,8 +453,11 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let header = this.starts_final_header(buf);
+        let out = this.date.patch(buf, header);
+        let res = Pin::new(&mut this.inner).poll_write(cx, out);
         if let Poll::Ready(Ok(n)) = res {
+            this.date.wrote(n);
             this.on_write(&buf[..n]);
         }
         res
@@ -447,6 +468,14 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.date.pending() {
+            // The rest of a header whose Date is being replaced: one piece at a time.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
         let this = self.get_mut();
         let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {

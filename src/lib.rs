@@ -17,6 +17,7 @@
 //! - [`limits`]: request and response bounds (414/431/413/502), range caps.
 //! - [`mirror`]: forks sampled requests to a staging upstream and compares its answers.
 //! - [`forward`]: header rewriting between client and origin (hop-by-hop, X-Forwarded-*, Via).
+//! - [`date`]: the origin's `Date` put back over the one Pingora writes.
 //! - [`admin`]: `/metrics`, `/healthz`, `/status.json` and the status page on the admin listener;
 //!   [`readiness`]: `/readyz`.
 //! - [`cli`]: `shellac stat` and the other tools that talk to a running instance.
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod date;
 pub mod forward;
 /// Fuzz harnesses: test support, compiled only for tests and the `fuzz/` crate.
 #[cfg(any(test, feature = "fuzzing"))]

@@ -511,6 +511,7 @@ impl ProxyHttp for Proxy {
         let (req, client) = (session.req_header(), ctx.client);
         self.rules
             .deliver(req, client, resp, ctx.route, &mut ctx.rules);
+        crate::date::keep(session, resp);
         reload::close_when_draining(session);
         Ok(())
     }

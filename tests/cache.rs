@@ -1430,3 +1430,73 @@ async fn interim_answers_reach_the_client_on_every_miss_and_are_never_stored() {
         .unwrap();
     assert_eq!(old.read_response(false).await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn date_is_the_origins_on_misses_hits_and_passes() {
+    // The origin's clock runs 10 minutes behind: every answer says it was made then.
+    let dated = |req: &Request| {
+        let made = std::time::SystemTime::now() - Duration::from_secs(600);
+        let cc = match req.path() {
+            "/expires" => {
+                return Reply::ok("e")
+                    .header("Date", httpdate::fmt_http_date(made))
+                    .header(
+                        "Expires",
+                        httpdate::fmt_http_date(made + Duration::from_secs(3600)),
+                    )
+            }
+            "/pass" => "no-store",
+            _ => "max-age=3600",
+        };
+        Reply::ok("d")
+            .header("Date", httpdate::fmt_http_date(made))
+            .header("Cache-Control", cc)
+    };
+    let origin = Origin::start(dated).await;
+    let shellac = Shellac::start(&cached(&origin).yaml()).await;
+    let date_of = |r: &common::http::Response| {
+        httpdate::parse_http_date(r.header("date").expect("a Date")).unwrap()
+    };
+    let behind = |r: &common::http::Response| {
+        std::time::SystemTime::now()
+            .duration_since(date_of(r))
+            .unwrap_or_default()
+    };
+    for path in ["/max-age", "/expires"] {
+        let miss = shellac.get(path).await;
+        assert!(status_of(&miss).contains("stored"), "{}", status_of(&miss));
+        assert!(
+            behind(&miss) >= Duration::from_secs(595),
+            "a miss carries the origin's Date"
+        );
+        // A hit in a later second still says when the origin made it.
+        let made = date_of(&miss);
+        while httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(600))
+            == httpdate::fmt_http_date(made)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let hit = shellac.get(path).await;
+        assert!(
+            status_of(&hit).contains("hit"),
+            "{path}: {}",
+            status_of(&hit)
+        );
+        assert_eq!(
+            hit.header("date"),
+            miss.header("date"),
+            "{path}: the stored Date"
+        );
+        assert!(hit.header("age").is_some());
+    }
+    let pass = shellac.get("/pass").await;
+    assert!(
+        behind(&pass) >= Duration::from_secs(595),
+        "a pass carries the origin's Date"
+    );
+    // An answer of Shellac's own (a purge of nothing) says when it was sent.
+    let own = shellac.request("PURGE", "/nothing", &[]).await;
+    assert_eq!(own.status, 404);
+    assert!(behind(&own) < Duration::from_secs(5));
+    assert_eq!(origin.count(), 3);
+}
