@@ -133,7 +133,11 @@ pub fn is_interim(resp: &ResponseHeader) -> bool {
 /// skipped ([`skip_pingora_interim`]). Not to HTTP/1.0 clients (RFC 9110 §15.2), and without
 /// the cache's or the rules' fields: those describe the final response.
 pub async fn relay_interim(session: &mut Session, resp: &ResponseHeader) -> Result<()> {
-    if session.req_header().version < http::Version::HTTP_11 {
+    // A `100 Continue` comes before the request body is sent, never with the final header, and
+    // Pingora writes it itself to a client that asked for it (`Expect: 100-continue`).
+    if resp.status == http::StatusCode::CONTINUE
+        || session.req_header().version < http::Version::HTTP_11
+    {
         return Ok(());
     }
     let downstream = &mut session.downstream_session;
