@@ -134,7 +134,7 @@ pub fn is_interim(resp: &ResponseHeader) -> bool {
 /// the cache's or the rules' fields: those describe the final response.
 pub async fn relay_interim(session: &mut Session, resp: &ResponseHeader) -> Result<()> {
     // A `100 Continue` comes before the request body is sent, never with the final header, and
-    // Pingora writes it itself to a client that asked for it (`Expect: 100-continue`).
+    // Pingora still passes it on to a client that asked for it (`Expect: 100-continue`).
     if resp.status == http::StatusCode::CONTINUE
         || session.req_header().version < http::Version::HTTP_11
     {
@@ -147,8 +147,8 @@ pub async fn relay_interim(session: &mut Session, resp: &ResponseHeader) -> Resu
     written
 }
 
-/// Makes Pingora skip the interim answers it would write itself (it still sends its own
-/// `100 Continue` to a client that asked for one).
+/// Makes Pingora skip the interim answers it would write itself (it still passes a
+/// `100 Continue` on to a client that asked for one).
 pub fn skip_pingora_interim(session: &mut Session) {
     session.downstream_session.set_ignore_info_resp(true);
 }
