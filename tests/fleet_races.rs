@@ -230,3 +230,52 @@ async fn a_purge_racing_a_fill_does_not_resurrect_the_old_copy() {
         "node a (its memory tier): not the pre-purge fill"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_wins_the_lease_just_after_another_committed_serves_that_copy() {
+    let mc = Memcached::start();
+    let origin = Origin::start(|r| {
+        let slow = if r.path() == "/x" { 600 } else { 0 };
+        Reply::ok(format!("made for {}", r.path()))
+            .header("Cache-Control", "max-age=300")
+            .delay(Duration::from_millis(slow))
+    })
+    .await;
+    let backends = format!("[\"{}\"]", origin.addr);
+    let a = Shellac::start(&config(&backends, &mc, "0", "")).await;
+    // Node b reads memcached's answers 900 ms late: its miss on /x is read before a commits
+    // (600 ms into a's fetch) and reaches b after a has ended its lease, so b wins the lease.
+    let relay = common::memcached::delay_line(mc.addr, Duration::from_millis(900)).await;
+    let b_cfg = config(&backends, &mc, "0", "")
+        .replace(&mc.addr.to_string(), &relay.to_string())
+        .replace(
+            "timeout: 500ms, purge_check: 500ms",
+            "timeout: 3s, purge_check: 1s",
+        );
+    let b = Shellac::start(&b_cfg).await;
+    // b's first request reads the host's markers, so its lookup of /x is one exchange.
+    assert_eq!(b.get("/warm").await.text(), "made for /warm");
+    let a_fetch = tokio::spawn(async move {
+        let r = a.get("/x").await;
+        (a, r)
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.count_path("/x") == 0 {
+        assert!(Instant::now() < deadline, "a never asked the origin");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = b.get("/x").await;
+    let (_a, first) = a_fetch.await.unwrap();
+    assert_eq!(first.text(), "made for /x");
+    assert_eq!(r.text(), "made for /x");
+    assert!(
+        r.header("cache-status").unwrap().contains("hit"),
+        "{:?}",
+        r.header("cache-status")
+    );
+    assert_eq!(
+        origin.count_path("/x"),
+        1,
+        "one origin request for the fleet"
+    );
+}

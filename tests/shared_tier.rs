@@ -5,7 +5,6 @@ mod common;
 use common::http::{Origin, Reply, Request};
 use common::memcached::Memcached;
 use common::{simple_config, Shellac};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -345,48 +344,6 @@ async fn concurrent_lookups_share_pipelined_exchanges_and_a_few_connections() {
     assert_eq!(origin.count_path("/small"), 1, "every later request a hit");
 }
 
-/// A TCP relay to `to` that delivers memcached's answers `latency` after they arrive, in
-/// order: a constant network delay, so exchanges take that long whatever the CPU does.
-async fn delay_line(to: SocketAddr, latency: Duration) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
-                return;
-            };
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut cr, &mut sw).await;
-            });
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = sr.read(&mut buf).await {
-                    if n == 0
-                        || tx
-                            .send((Instant::now() + latency, buf[..n].to_vec()))
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-            tokio::spawn(async move {
-                while let Some((at, bytes)) = rx.recv().await {
-                    tokio::time::sleep_until(at.into()).await;
-                    if cw.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn lookups_queued_behind_other_lookups_are_not_timed_out() {
     let _heavy = HEAVY.lock().await;
@@ -399,7 +356,7 @@ async fn lookups_queued_behind_other_lookups_are_not_timed_out() {
     // from deciding the outcome, as it did with memcached's own sub-millisecond exchanges.
     let mc = Memcached::start();
     let origin = Origin::start(origin_handler).await;
-    let relay = delay_line(mc.addr, Duration::from_millis(60)).await;
+    let relay = common::memcached::delay_line(mc.addr, Duration::from_millis(60)).await;
     let config = node_config(&origin, &[&mc], "0", "150ms")
         .replace(&mc.addr.to_string(), &relay.to_string());
     let node = Shellac::start(&config).await;

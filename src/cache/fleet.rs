@@ -99,7 +99,7 @@ impl Fleet {
                 Ok(true) => {
                     self.leases.lock().insert(k128(key));
                     lease_metric("won");
-                    return Ok(None);
+                    return self.committed_meanwhile(key, &combined, &lookup).await;
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -129,6 +129,33 @@ impl Fleet {
             }
             // The lease lapsed without a fill (its node died): compete for it again.
         }
+    }
+
+    /// Just after winning the lease: another node may have committed the object and ended its
+    /// lease between this node's miss and its lease, which would otherwise be fetched twice.
+    /// Only when a head is stored (one cheap read, value unread) is the object looked up again,
+    /// so the second lookup is counted only then; found, the lease ends at once (waiters read
+    /// the object). A stored head that is no use (purged, incomplete) reads as a miss, and this
+    /// node fetches under the lease as before.
+    async fn committed_meanwhile<T, F, Fut>(
+        &self,
+        key: &CacheKey,
+        combined: &str,
+        lookup: &F,
+    ) -> Result<Option<T>>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<T>>>,
+    {
+        if !self.l2.head_stored(combined).await.unwrap_or(false) {
+            return Ok(None);
+        }
+        let found = lookup().await?;
+        if found.is_some() {
+            self.release(key, false);
+            metrics::FLEET_FETCHES_AVOIDED.inc();
+        }
+        Ok(found)
     }
 
     /// For a background refresh (stale-while-revalidate): true if this node may go to the

@@ -52,6 +52,16 @@ impl MemcachedStorage {
         Ok(r.status == MutationStatus::Applied)
     }
 
+    /// Whether an item is stored under the head key of `combined`, its value unread: after
+    /// winning a lease, whether another node committed the object since this node's miss.
+    pub(crate) async fn head_stored(&'static self, combined: &str) -> Result<bool, McError> {
+        let key = self.head_key(combined);
+        let client = self.client().await?;
+        let fut = client.get(&key).without_value().send();
+        let r = self.exchange("get_head", &[&key], fut, |_| vec![]).await?;
+        Ok(r.hit())
+    }
+
     /// The lease's value and CAS; `None` when there is none. A value that fails authentication
     /// is deleted and reads as none: a planted lease must not stall every node's misses.
     async fn read_lease(&'static self, key: &str) -> Result<Option<(Vec<u8>, u64)>, McError> {
