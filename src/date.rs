@@ -5,7 +5,7 @@
 //!
 //! 1. The response filter hands the response's `Date` (the stored one on a hit, the origin's on
 //!    a miss or pass) to the client connection: [`keep`].
-//! 2. When Pingora writes that response's header, the connection ([`crate::conn`]) writes the
+//! 2. When Pingora writes that response's header, the connection (`conn`) writes the
 //!    kept value over the one Pingora put in: [`Kept::patch`].
 //!
 //! Only an IMF-fixdate is kept (RFC 9110 §5.6.7, the form every sender must use): Pingora's
@@ -16,27 +16,20 @@
 
 use parking_lot::Mutex;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 
 /// Length of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
 const LEN: usize = 29;
 
-/// Step 1: the `Date` of `resp`, kept for the client connection's next header write.
-pub fn keep(session: &Session, resp: &ResponseHeader) {
-    let Some(value) = resp.headers.get(http::header::DATE) else {
+/// Step 1: the `Date` of `resp`, kept for the client connection's next header write
+/// (`kept`: the connection's slot, from `conn::kept_date`).
+pub fn keep(kept: Option<&Kept>, resp: &ResponseHeader) {
+    let (Some(kept), Some(value)) = (kept, resp.headers.get(http::header::DATE)) else {
         return;
     };
     let Ok(value) = <[u8; LEN]>::try_from(value.as_bytes()) else {
         return;
     };
-    if !is_imf_fixdate(&value) {
-        return;
-    }
-    if let Some(kept) = session
-        .downstream_session
-        .stream()
-        .and_then(crate::conn::kept_date)
-    {
+    if is_imf_fixdate(&value) {
         *kept.next.lock() = Some(value);
     }
 }

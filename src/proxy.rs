@@ -511,7 +511,8 @@ impl ProxyHttp for Proxy {
         let (req, client) = (session.req_header(), ctx.client);
         self.rules
             .deliver(req, client, resp, ctx.route, &mut ctx.rules);
-        crate::date::keep(session, resp);
+        let conn = session.downstream_session.stream();
+        crate::date::keep(conn.and_then(crate::conn::kept_date), resp);
         reload::close_when_draining(session);
         Ok(())
     }
