@@ -1471,9 +1471,11 @@ async fn date_is_the_origins_on_misses_hits_and_passes() {
         );
         // A hit in a later second still says when the origin made it.
         let made = date_of(&miss);
+        let deadline = Instant::now() + Duration::from_secs(3);
         while httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(600))
             == httpdate::fmt_http_date(made)
         {
+            assert!(Instant::now() < deadline, "the clock did not move on");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let hit = shellac.get(path).await;
