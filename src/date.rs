@@ -72,9 +72,10 @@ impl Kept {
         self.writing.is_some()
     }
 
-    /// Step 2, on every write to the client: the bytes to write instead of `buf` (same length),
-    /// when `buf` carries (part of) a header whose `Date` is to be replaced. `header` says `buf`
-    /// starts a final response header.
+    /// Step 2, on every write to the client: what to offer instead of `buf`. That is `buf`
+    /// itself, unless it carries (part of) a header whose `Date` is to be replaced; then a
+    /// patched copy of its start, up to the value's end (the rest follows in the next write).
+    /// `header` says `buf` starts a final response header.
     pub fn patch<'a>(&'a mut self, buf: &'a [u8], header: bool) -> &'a [u8] {
         if header {
             if let Some(value) = self.next.get_mut().take() {

@@ -83,6 +83,13 @@ pub struct Ctx {
     rules: Decisions,
 }
 
+impl Ctx {
+    /// Attempts that count against `retries`: all but those lost to stale pooled connections.
+    fn retries_spent(&self) -> u32 {
+        self.attempts - self.stale_reuses
+    }
+}
+
 impl Proxy {
     pub fn new(
         router: Router,
@@ -408,7 +415,7 @@ impl ProxyHttp for Proxy {
             }
         }
         // Nothing was sent yet, so any method is safe to try on another backend.
-        if ctx.attempts - ctx.stale_reuses <= group.retries {
+        if ctx.retries_spent() <= group.retries {
             e.set_retry(true);
         }
         e
@@ -435,7 +442,7 @@ impl ProxyHttp for Proxy {
         // request goes again on a new connection, to the same backend if it is the only one,
         // without spending a retry (nginx treats its cached connections the same way).
         // Pingora's `max_retries` still bounds the attempts.
-        let retry = resend && (reused || ctx.attempts - ctx.stale_reuses <= group.retries);
+        let retry = resend && (reused || ctx.retries_spent() <= group.retries);
         if retry && reused {
             ctx.stale_reuses += 1;
         } else if retry {
@@ -497,7 +504,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if forward::is_interim(resp) {
-            // Already relayed (upstream_response_filter); Pingora skips writing this copy.
+            // Relayed as it arrived (upstream_response_filter), or a 100 Continue Pingora sends.
             return Ok(());
         }
         if let Some(fork) = &mut ctx.mirror {
