@@ -54,6 +54,9 @@ pub struct Group {
     read_timeout: Duration,
     write_timeout: Duration,
     idle_timeout: Duration,
+    /// Pingora's `work_stealing: false`: each worker thread keeps its own origin connections
+    /// (see [`Group::peer`]).
+    per_thread_pool: bool,
     stats: Vec<BackendStats>,
 }
 
@@ -115,6 +118,7 @@ impl Group {
             read_timeout: conf.read_timeout,
             write_timeout: conf.write_timeout,
             idle_timeout: conf.idle_timeout,
+            per_thread_pool: !server.configuration.work_stealing,
             stats,
         })
     }
@@ -158,6 +162,13 @@ impl Group {
         o.read_timeout = Some(self.read_timeout);
         o.write_timeout = Some(self.write_timeout);
         o.idle_timeout = Some(self.idle_timeout);
+        if self.per_thread_pool {
+            // Without work stealing each worker thread is its own runtime, and a pooled socket
+            // is driven only by the reactor of the thread that dialled it: reused from another
+            // thread, its reads wait until that thread is idle (a 968 ms p99 on pass-through
+            // in docs/performance.md). The group key puts the thread into the pool's key.
+            peer.group_key = worker_slot();
+        }
         peer
     }
 
@@ -165,6 +176,15 @@ impl Group {
         let addr = backend.addr.as_inet()?;
         self.stats.iter().find(|s| s.addr == *addr)
     }
+}
+
+/// A number for the calling thread, fixed for its lifetime: its share of the origin pool.
+fn worker_slot() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    thread_local! {
+        static SLOT: u64 = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    SLOT.with(|s| *s)
 }
 
 /// Creates the load balancer and, when health checks are configured, the background service
@@ -307,6 +327,14 @@ pub fn retry_after_send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_keeps_its_slot_and_threads_get_their_own() {
+        let here = worker_slot();
+        assert_eq!(worker_slot(), here);
+        let there = std::thread::spawn(worker_slot).join().unwrap();
+        assert_ne!(there, here);
+    }
 
     #[test]
     fn only_idempotent_unanswered_requests_on_dead_connections_go_again() {

@@ -301,3 +301,32 @@ async fn a_pooled_connection_the_origin_closed_is_retried_on_a_new_one_even_with
     // Requests did go out on reused connections that the origin then dropped.
     assert!(dropped.load(Ordering::SeqCst) >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_work_stealing_origin_connections_are_still_pooled() {
+    // `work_stealing: false` gives each worker thread its own share of the origin pool (a
+    // pooled socket is driven by the thread that dialled it); the shares must still be reused.
+    let origin = Origin::start(named("a")).await;
+    let shellac = Shellac::start_with_pingora(
+        &group(&backends(&[&origin]), ""),
+        1,
+        "  work_stealing: false\n",
+    )
+    .await;
+    for i in 0..40 {
+        // A new client connection each time: each lands on a worker thread at random.
+        let r = shellac.get(&format!("/w{i}")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "a");
+    }
+    assert_eq!(origin.count(), 40);
+    // Two worker threads, one share each. Without work stealing a connection is back in its
+    // share a moment after the client has its answer, so a next request can dial anew (6-8 of
+    // 40 seen, with and without the per-thread shares); a key that missed the pool would dial
+    // all 40.
+    assert!(
+        origin.connections() <= 12,
+        "{} origin connections for 40 requests",
+        origin.connections()
+    );
+}

@@ -142,11 +142,22 @@ impl Shellac {
 
     /// As [`Shellac::start`], with `pingora.grace_period_seconds` set to `grace`.
     pub async fn start_with_grace(body: &str, grace: u64) -> Shellac {
+        Self::start_with_pingora(body, grace, "").await
+    }
+
+    /// As [`Shellac::start_with_grace`], with `pingora` (indented lines) added to the generated
+    /// `pingora:` section.
+    pub async fn start_with_pingora(body: &str, grace: u64, pingora: &str) -> Shellac {
         let dir = temp_dir();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.join("shellac.yaml");
-        std::fs::write(&config_path, Self::render(body, &dir, addr, admin, grace)).unwrap();
+        let yaml = Self::render(body, &dir, addr, admin, grace).replacen(
+            "pingora:\n",
+            &format!("pingora:\n{pingora}"),
+            1,
+        );
+        std::fs::write(&config_path, yaml).unwrap();
         let mut s = Shellac {
             child: Self::spawn(&config_path, &dir, &[]),
             addr,
