@@ -387,8 +387,9 @@ mod tests {
         let threshold = (0.25 * (1u64 << 53) as f64) as u64;
         let n = 100_000;
         let hits = (0..n).filter(|_| sampled(threshold)).count();
-        // 3σ of a binomial(100000, 0.25) is about 410.
-        assert!((24_590..=25_410).contains(&hits), "{hits}");
+        // σ of a binomial(100000, 0.25) is about 137; the seed is random, so the bound is 5σ
+        // (3σ failed about one run in 400). A fraction off by 1 % still falls outside it.
+        assert!((24_315..=25_685).contains(&hits), "{hits}");
         assert!((0..1000).all(|_| sampled(1u64 << 53)));
         assert!(!(0..1000).any(|_| sampled(0)));
     }
